@@ -109,4 +109,11 @@ d = { 'settings': { 'branch': 'main',
                              'trader.core.event_time': ('core.html#event_time', 'trader/core.py'),
                              'trader.core.known_venues': ('core.html#known_venues', 'trader/core.py'),
                              'trader.core.order_in_state': ('core.html#order_in_state', 'trader/core.py'),
-                             'trader.core.split_symbol': ('core.html#split_symbol', 'trader/core.py')}}}
+                             'trader.core.split_symbol': ('core.html#split_symbol', 'trader/core.py')},
+            'trader.data': { 'trader.data._binance_tick_precision': ('data.html#_binance_tick_precision', 'trader/data.py'),
+                             'trader.data._markets_json': ('data.html#_markets_json', 'trader/data.py'),
+                             'trader.data._read_table': ('data.html#_read_table', 'trader/data.py'),
+                             'trader.data.load_candles': ('data.html#load_candles', 'trader/data.py'),
+                             'trader.data.load_markets': ('data.html#load_markets', 'trader/data.py'),
+                             'trader.data.sample_path': ('data.html#sample_path', 'trader/data.py'),
+                             'trader.data.tidy_candles': ('data.html#tidy_candles', 'trader/data.py')}}}
