@@ -1,0 +1,180 @@
+"Heavier checks of trader.data on real recorded data: trades vs candles, book replay, usdm rules, ccxt downloads."
+import gzip, json
+import numpy as np
+import pandas as pd
+import pytest
+from trader.core import BookUpdate, Quote, TradeTick
+from trader.data import (BookSequenceError, binance_book_updates, binance_market_events, binance_quotes, binance_trades,
+                         candles_to_bars, load_candles, load_trades, read_binance_ws, sample_market_events, sample_path)
+
+SPOT = [sample_path('ticks', f'binance_spot_btcusdt_2024080{d}.gz') for d in (8, 9)]
+
+@pytest.fixture(scope='module')
+def raw(): return read_binance_ws(*SPOT)
+
+@pytest.fixture(scope='module')
+def plain_messages():
+    "The capture parsed with nothing but gzip + json: the independent reference."
+    out = []
+    for p in SPOT:
+        with gzip.open(p, 'rt') as fh: out += [json.loads(line.split(' ', 1)[1]) for line in fh]
+    return out
+
+@pytest.fixture
+def usdm_raw(data_dir): return read_binance_ws(data_dir / 'data_binance_usdm_btcusdt_20240808_head.gz')
+
+# ---------------------------------------------------------------- trades
+
+def test_trades_rebuild_the_exchange_candles(raw):
+    "README cross-check 1: the trade tape aggregated to 1m equals Binance's own candles for the 10 covered minutes."
+    trades = binance_trades(raw)
+    minute = trades.index.floor('1min')
+    agg = pd.DataFrame({'open': trades.price.groupby(minute).first(), 'high': trades.price.groupby(minute).max(),
+                        'low': trades.price.groupby(minute).min(), 'close': trades.price.groupby(minute).last(),
+                        'volume': trades.amount.groupby(minute).sum()})
+    candles = pd.read_feather(sample_path('candles', 'binance_spot_BTC_USDT-1m_2024-07-26_2024-08-25.feather')).set_index('date')
+    full = pd.date_range('2024-08-08 23:55', '2024-08-09 00:04', freq='1min', tz='UTC')
+    assert len(full) == 10
+    got, want = agg.reindex(full), candles.reindex(full)[['open', 'high', 'low', 'close', 'volume']]
+    assert not got.isna().any().any()
+    np.testing.assert_allclose(got.to_numpy(), want.to_numpy(), rtol=0, atol=1e-6)
+    # the partial edge minutes must not match (proves the comparison can fail)
+    edge = pd.Timestamp('2024-08-08 23:54', tz='UTC')
+    assert abs(agg.loc[edge, 'volume'] - candles.loc[edge, 'volume']) > 1e-3
+
+def test_trade_tape_is_complete_and_matches_the_messages(raw, plain_messages):
+    trades = binance_trades(raw)
+    plain = [m['data'] for m in plain_messages if m.get('stream', '').endswith('@trade')]
+    assert len(trades) == len(plain) == 19_904
+    assert (np.diff(trades.trade_id.to_numpy()) == 1).all()                      # consecutive ids
+    assert trades.trade_id.iloc[0] == 3735683259 and trades.trade_id.iloc[-1] == 3735703162
+    assert trades.index.is_monotonic_increasing and str(trades.index.tz) == 'UTC'
+    assert abs(trades.amount.sum() - sum(float(m['q']) for m in plain)) < 1e-6     # ~438 BTC
+    sells = sum(1 for m in plain if m['m'])
+    assert (trades.side == 'sell').sum() == sells and (trades.side == 'buy').sum() == len(plain) - sells
+    last = plain[-1]
+    assert trades.index[-1] == pd.Timestamp(last['T'], unit='ms', tz='UTC') and trades.price.iloc[-1] == float(last['p'])
+
+def test_duplicate_messages_are_dropped(raw):
+    twice = pd.concat([raw, raw[raw.kind == 'trade'].head(50)], ignore_index=True)
+    assert len(binance_trades(twice)) == 19_904
+
+def test_load_trades_parquet_and_csv(data_dir, tmp_path):
+    tape = load_trades(data_dir / 'binance_spot_BTCUSDT_trades_2021-01-08.parquet')
+    src = pd.read_parquet(data_dir / 'binance_spot_BTCUSDT_trades_2021-01-08.parquet')
+    assert len(tape) == 2_001 and (tape.trade_id.to_numpy() == src.trade_id.to_numpy()).all()
+    assert ((tape.side == 'sell').to_numpy() == (src.buyer_maker == 'True').to_numpy()).all()
+    assert tape.amount.sum() == pytest.approx(src.quantity.sum())
+    # ccxt-style names and an explicit side column, shuffled rows: same tape back
+    csv = tmp_path / 't.csv'
+    tape.reset_index().rename(columns={'time': 'timestamp'}).sample(frac=1, random_state=0).to_csv(csv, index=False)
+    back = load_trades(csv)
+    pd.testing.assert_frame_equal(back, tape)
+    src.drop(columns='price').to_parquet(tmp_path / 'bad.parquet')
+    with pytest.raises(ValueError, match='no price column'): load_trades(tmp_path / 'bad.parquet')
+    src.assign(buyer_maker='maybe').to_parquet(tmp_path / 'bad2.parquet')
+    with pytest.raises(ValueError, match='buyer_maker must be true/false'): load_trades(tmp_path / 'bad2.parquet')
+
+# ---------------------------------------------------------------- order book
+
+def replay(updates):
+    "Rebuild the book from BookUpdates with plain dicts; yield (bids, asks) after each update."
+    bids, asks = {}, {}
+    for u in updates:
+        if u.is_snapshot: bids, asks = dict(u.bids), dict(u.asks)
+        else:
+            for side, levels in ((bids, u.bids), (asks, u.asks)):
+                for p, q in levels:
+                    if q == 0: side.pop(p, None)
+                    else: side[p] = q
+        yield bids, asks
+
+def test_spot_book_replay_has_no_gaps_and_never_crosses(raw, plain_messages):
+    book = binance_book_updates(raw)
+    snap = next(m for m in plain_messages if 'lastUpdateId' in m)
+    lid = snap['lastUpdateId']
+    # independent selection: the diffs with u > lastUpdateId, sorted by u
+    diffs = sorted((m['data'] for m in plain_messages if '@depth' in m.get('stream', '')), key=lambda d: d['u'])
+    after = [d for d in diffs if d['u'] > lid]
+    assert len(book) - 1 == len(after) == 6_493
+    assert after[0]['U'] <= lid + 1 <= after[0]['u']
+    assert all(b['U'] == a['u'] + 1 for a, b in zip(after, after[1:]))                        # 0 gaps
+    assert [(u.first_sequence, u.sequence, u.timestamp) for u in book[1:]] == [(d['U'], d['u'], d['E']) for d in after]
+    crossed = sum(1 for bids, asks in replay(book) if bids and asks and max(bids) >= min(asks))
+    assert crossed == 0
+    bids, asks = list(replay(book))[-1]
+    assert len(bids) > 900 and len(asks) > 900
+
+def test_diffs_written_before_the_snapshot_are_used(raw):
+    "Some diffs that continue the snapshot sit before the snapshot line: selection must go by id, not position."
+    snap_pos = raw.index[raw.kind == 'snapshot'][0]
+    lid = raw.data[snap_pos]['lastUpdateId']
+    early = [d['u'] for d in raw.data[(raw.kind == 'depth') & (raw.index < snap_pos)] if d['u'] > lid]
+    assert early, "the capture should hold diffs after the snapshot id that were written before it"
+    assert set(early) <= {u.sequence for u in binance_book_updates(raw)}
+
+def test_a_lost_diff_raises_a_clear_error(raw):
+    depth = raw.index[raw.kind == 'depth']
+    victim = raw.data[depth[2000]]
+    with pytest.raises(BookSequenceError, match=f"expected update id {victim['U']}") as e:
+        binance_book_updates(raw.drop(depth[2000]))
+    assert e.value.symbol == 'BTC/USDT' and e.value.expected == victim['U']
+    lid = raw.data[raw.index[raw.kind == 'snapshot'][0]]['lastUpdateId']
+    bridging = [i for i in depth if raw.data[i]['U'] <= lid + 1 <= raw.data[i]['u']]
+    with pytest.raises(BookSequenceError, match='first update after snapshot'): binance_book_updates(raw.drop(bridging))
+    with pytest.raises(ValueError, match="no 'snapshot' messages"): binance_book_updates(raw[raw.kind != 'snapshot'])
+
+def test_usdm_rules_on_real_futures_data(usdm_raw):
+    book = binance_book_updates(usdm_raw, 'BTC/USDT:USDT', venue='binanceusdm')
+    snap = usdm_raw.data[usdm_raw.kind == 'snapshot'].iloc[0]
+    lid = snap['lastUpdateId']
+    diffs = sorted(usdm_raw.data[usdm_raw.kind == 'depth'], key=lambda d: d['u'])
+    kept = [d for d in diffs if d['u'] >= lid]
+    assert kept[0]['U'] <= lid <= kept[0]['u'] and kept[0]['U'] != lid + 1     # the futures rule, not the spot one
+    assert all(b['pu'] == a['u'] for a, b in zip(kept, kept[1:]))
+    assert [u.sequence for u in book[1:]] == [d['u'] for d in kept] and len(kept) == 230
+    assert book[0].timestamp == snap['E'] and book[0].venue == 'binanceusdm'
+    assert sum(1 for b, a in replay(book) if max(b) >= min(a)) == 0
+    depth = usdm_raw.index[usdm_raw.kind == 'depth']
+    late = [i for i in depth if usdm_raw.data[i]['u'] > kept[100]['u']][0]
+    with pytest.raises(BookSequenceError, match='does not link'): binance_book_updates(usdm_raw.drop(late), 'BTC/USDT:USDT')
+
+# ---------------------------------------------------------------- quotes and the merged stream
+
+def test_quotes_use_exchange_time(usdm_raw, raw):
+    q = binance_quotes(usdm_raw, 'BTC/USDT:USDT')
+    first = usdm_raw.data[usdm_raw.kind == 'bookTicker'].iloc[0]
+    assert q[0].timestamp == first['E'] and q[0].bid == float(first['b']) and q[0].ask_size == float(first['A'])
+    spot = binance_quotes(raw)
+    lag = np.array([qq.timestamp for qq in spot]) - raw.local_ts_ns[raw.kind == 'bookTicker'].to_numpy() // 1_000_000
+    assert 1_250 < np.median(lag) < 1_300                     # shifted onto the exchange clock, not local time
+
+def test_sample_market_events_stream():
+    events = sample_market_events()
+    assert isinstance(events[0], BookUpdate) and events[0].is_snapshot
+    t = np.array([e.timestamp for e in events])
+    assert (np.diff(t) >= 0).all()
+    assert {type(e) for e in events} == {BookUpdate, TradeTick, Quote}
+    ticks = [e for e in events if isinstance(e, TradeTick)]
+    assert len(ticks) > 19_800 and all(b.timestamp >= a.timestamp for a, b in zip(ticks, ticks[1:]))
+    assert [int(x.trade_id) for x in ticks] == list(range(int(ticks[0].trade_id), int(ticks[0].trade_id) + len(ticks)))
+    assert sum(isinstance(e, BookUpdate) for e in events) == 6_494
+    assert events is not sample_market_events()                # a fresh list each call
+    assert binance_market_events(*SPOT, symbol='BTC/USDT')[:50] == events[:50]
+
+def test_read_binance_ws_errors(tmp_path):
+    bad = tmp_path / 'bad.txt'
+    bad.write_text('1 {"stream":"btcusdt@trade","data":{"E":1}}\nnot-a-line\n')
+    with pytest.raises(ValueError, match="bad.txt line 2: expected '<local_ts_ns> <json>'"): read_binance_ws(bad)
+    with pytest.raises(FileNotFoundError, match='no capture file'): read_binance_ws(tmp_path / 'missing.gz')
+    with pytest.raises(ValueError, match='at least one'): read_binance_ws()
+
+def test_candles_to_bars():
+    c = load_candles('BTC/USDT', '2024-08-05', '2024-08-06')
+    bars = candles_to_bars(c, 'BTC/USDT', venue='binance')
+    assert len(bars) == 1440 and bars[0].timeframe_ms == 60_000 and bars[-1].close_time == pd.Timestamp('2024-08-06', tz='UTC').value // 10**6
+    low = min(bars, key=lambda b: b.close)
+    assert pd.Timestamp(low.timestamp, unit='ms', tz='UTC') == pd.Timestamp('2024-08-05 06:24', tz='UTC')
+    hourly = c.resample('1h').agg({'open': 'first', 'high': 'max', 'low': 'min', 'close': 'last', 'volume': 'sum'})
+    assert candles_to_bars(hourly, 'BTC/USDT')[0].timeframe_ms == 3_600_000
+    with pytest.raises(ValueError, match='fewer than 2 candles'): candles_to_bars(c.iloc[:1], 'BTC/USDT')
