@@ -311,14 +311,27 @@ def test_check_order_names_the_limit(venue, symbol, amount, price, message):
     with pytest.raises((ccxt.InvalidOrder, ccxt.BadSymbol), match=re.escape(message)):
         c.check_order(symbol, 'buy', amount, price)
 
+BINANCE_SPOT = ccxt_async.binance(); BINANCE_SPOT.set_markets(load_markets('binance'))
+
 @settings(max_examples=200, deadline=None)
 @given(st.decimals(min_value='0.00001', max_value='9000', places=9))
 def test_check_order_amount_is_the_truncation_to_the_step(amount):
-    ex = ccxt_async.binance(); ex.set_markets(load_markets('binance'))
+    ex = BINANCE_SPOT
     expected = float(Decimal(amount).quantize(Decimal('0.00001'), rounding=ROUND_DOWN))
     if expected * 1000 < 5: return                                   # below the 5 USDT minimum notional
     got, _ = ExchangeClient(ex).check_order('BTC/USDT', 'sell', float(amount), 1000)
     assert got == expected
+
+
+async def test_markets_are_loaded_once_and_required():
+    ex = kucoinfutures(); venue = Venue(ex)
+    c, _ = client(ex)
+    assert set(await c.load_markets()) == set(load_markets('kucoinfutures')) and venue.requests == []  # already set: no request
+    assert c.market('BTC/USDT:USDT')['contractSize'] == 0.001
+    bare = ExchangeClient(ccxt_async.kucoinfutures())
+    with pytest.raises(ccxt.ExchangeError, match='markets not loaded'): bare.market('BTC/USDT:USDT')
+    with pytest.raises(ccxt.BadSymbol): c.market('BTC/EUR:EUR')
+    await c.close()
 
 
 # ---- secrets ----
