@@ -391,3 +391,18 @@ async def test_real_aiohttp_stack_on_localhost(caplog):
     assert c.errors == {'ExchangeNotAvailable': 1} and c.retries == 1      # the 503 was retried
     assert seen[-1][1]['KC-API-KEY'] == KEYS['apiKey']                      # the signed request carried the key ...
     assert 'KC-API-KEY' in caplog.text and KEYS['apiKey'] not in caplog.text  # ... and the debug log did not
+
+
+# ---- the PaperExchange drops in too ----
+
+async def test_paper_exchange_behind_the_client():
+    paper = pytest.importorskip('trader.paper')
+    clock = SimClock(start=1_700_000_000.0)
+    c = ExchangeClient(paper.PaperExchange('binance', clock=clock), clock=clock, logger=QUIET)
+    amount, price = c.check_order('BTC/USDT', 'buy', 0.123456789, 50000.004)
+    assert (amount, price) == (0.12345, 50000.0)
+    o = await c.create_order('BTC/USDT', 'limit', 'buy', amount, price, client_order_id='trd-p-000001')
+    assert (o['clientOrderId'], o['status']) == ('trd-p-000001', 'open')
+    assert (await c.reconcile('trd-p-000001', 'BTC/USDT'))['id'] == o['id']
+    assert await c.reconcile('trd-p-999999', 'BTC/USDT') is None
+    await c.close()
