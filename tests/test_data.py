@@ -381,3 +381,14 @@ def test_futures_rule_uses_pu(tmp_path):
 def test_spot_gap_right_after_the_snapshot(tmp_path):
     raw = capture(tmp_path, [SNAP, diff(102, 105, 2000), diff(106, 110, 3000)])
     with pytest.raises(BookSequenceError, match='first update after snapshot 100 does not contain id 101'): binance_book_updates(raw)
+
+async def test_nothing_to_download(tmp_path):
+    server = KucoinKlines(end_ms=SINCE)                   # the exchange has nothing from SINCE on
+    ex = kucoin(server)
+    try:
+        df = await download_ohlcv(ex, 'BTC/USDT:USDT', since=pd.Timestamp(SINCE, unit='ms'), until='2024-08-08 01:00', cache_dir=tmp_path, progress=False)
+        df2 = await download_ohlcv(ex, 'BTC/USDT:USDT', since=float(SINCE), until=SINCE + 60 * MIN, progress=False)
+    finally: await ex.close()
+    assert df.empty and list(df.columns) == ['open', 'high', 'low', 'close', 'volume'] and str(df.index.tz) == 'UTC'
+    assert df2.empty and server.froms() == [SINCE, SINCE]
+    assert not ohlcv_cache_path(tmp_path, 'kucoinfutures', 'BTC/USDT:USDT', '1m').exists()
