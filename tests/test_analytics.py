@@ -428,7 +428,7 @@ def test_replayed_recommendations_cite_their_numbers(session):
             expected = sum(map(_paper_minus_real, ws)) / sum(w.amount * w.decision[1] for w in ws) * 1e4
             assert r[key] == pytest.approx(expected, abs=0.006)
             assert f"{r[key]:.1f} bps" in r['text'] or f"{expected:.1f} bps" in r['text']
-        assert f"over {len([w for w in orders if w.algo == r['prefer']])} and" in r['text'] and r['cost_bps'] < r['other_bps']
+        assert f"over {len([w for w in orders if w.algo == r['prefer']])} orders vs" in r['text'] and r['cost_bps'] < r['other_bps']
     for r in recs:
         if r['kind'] == 'fill_rate':
             ws = [w for w in orders if w.algo == r['algo']]
