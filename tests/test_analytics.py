@@ -468,3 +468,20 @@ def test_replayed_pretrade_choice_on_the_real_book(session):
     history = ExecutionAnalytics.from_records(ea.to_records(), policy=SelectionPolicy(min_history=3, size_band=100))
     c = history.get_best_execution_algorithm(SYM, 'buy', 2.0, 'normal', m)
     assert c.reasons[-1].startswith('history') and set(c.numbers['history']) == set(PATIENCE)
+
+def test_trade_memory_and_event_alias():
+    "Trades older than the memory are dropped; out-of-order trades are placed in time; an event's `.record` is taken."
+    ea = ExecutionAnalytics(trade_memory_s=1)
+    for t in (0, 500, 300, 2_500):                 # 300 arrives late; 2,500 pushes 0..500 out of a 1 s memory
+        ea.on_trade(TradeTick(SYM, t, 100.0 + t / 100, 1.0, Side.BUY))
+    assert [ts for ts, _, _ in ea._trades[SYM]] == [2_500]
+    ea2 = ExecutionAnalytics()
+    for t in (0, 500, 300): ea2.on_trade(TradeTick(SYM, t, 100.0 + t / 100, 1.0, Side.BUY))
+    assert [ts for ts, _, _ in ea2._trades[SYM]] == [0, 300, 500]
+    class ExecutionCompleted:                      # what an event bus might carry
+        def __init__(self, record): self.record = record
+    r = ExecutionRecord('e', SYM, 'buy', 1.0, 100.0, 0, 100.0, 250, 100.0, 500)
+    stored = ea2.on_execution_completed(ExecutionCompleted(r))
+    assert stored.market_vwap == pytest.approx((103.0 + 105.0) / 2)     # trades at 300 and 500 ms, 1 BTC each
+    frame = pd.DataFrame({'timestamp': [250, 400, 900], 'price': [10.0, 20.0, 30.0], 'amount': [1.0, 3.0, 5.0]})
+    assert ExecutionAnalytics().record(r, trades=frame).market_vwap == pytest.approx((10 + 60) / 4)
