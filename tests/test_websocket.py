@@ -152,12 +152,13 @@ async def test_local_book_matches_book_rebuilt_from_file(run):
     assert r.server.snapshot_requests == [SNAPSHOT['lastUpdateId']]   # synced from the recorded snapshot
 
 
-async def test_server_disconnect_is_survived_with_reconnect_and_resync(run):
+@pytest.mark.parametrize('abrupt', [False, True], ids=['close-frame', 'tcp-drop'])
+async def test_server_disconnect_is_survived_with_reconnect_and_resync(run, abrupt):
     r = await run().start(['trades', 'order_book'], {TRADE_STREAM, DEPTH_STREAM})
     n1 = 3000
     await r.play_synced(n1)
     before = len(r.of(BookUpdate))
-    await r.server.disconnect_all()
+    await r.server.disconnect_all(abrupt=abrupt)
     await until(lambda: all(st.reconnects >= 1 for st in r.ws.streams.values()), what='both streams to see the disconnect')
     await r.server.wait_subscribed({TRADE_STREAM, DEPTH_STREAM})                   # resubscribed on new sockets
     await until(lambda: len(r.server.snapshot_requests) == 2, what='a fresh REST snapshot')

@@ -122,6 +122,7 @@ class BinanceReplayServer:
         self.snapshot_requests: list[int] = []   # lastUpdateId of each REST snapshot served
         self.subscribe_requests: list[tuple[str, ...]] = []
         self.connections = 0
+        self._transports = {}
         self._changed = asyncio.Event()
         self._runner = None
         self.port = None
@@ -174,6 +175,7 @@ class BinanceReplayServer:
         ws = web.WebSocketResponse(autoping=True)
         await ws.prepare(request)
         self.subscriptions[ws] = set(); self.connections += 1
+        self._transports[ws] = request.transport
         try:
             async for msg in ws:
                 if msg.type != WSMsgType.TEXT: continue
@@ -186,7 +188,7 @@ class BinanceReplayServer:
                 await ws.send_str(json.dumps({'result': None, 'id': req.get('id')}))
                 self._changed.set()
         finally:
-            self.subscriptions.pop(ws, None); self._changed.set()
+            self.subscriptions.pop(ws, None); self._transports.pop(ws, None); self._changed.set()
         return ws
 
     def subscribed(self) -> set[str]:
@@ -200,11 +202,13 @@ class BinanceReplayServer:
                 self._changed.clear(); await self._changed.wait()
         await asyncio.wait_for(wait(), timeout)
 
-    async def disconnect_all(self, code:int=1001):
-        "Server-side close of every websocket (Binance closes with 1001 'going away')."
+    async def disconnect_all(self, code:int=1001, abrupt:bool=False):
+        "Server-side close of every websocket: a close frame (Binance sends 1001 'going away'), or `abrupt`ly drop TCP."
         for ws in list(self.subscriptions):
             self.subscriptions.pop(ws, None)
-            await ws.close(code=code, message=b'going away')
+            transport = self._transports.pop(ws, None)
+            if abrupt and transport is not None: transport.abort()
+            else: await ws.close(code=code, message=b'going away')
 
     # --- replay
     def mute(self, stream:str): self.muted.add(stream)
