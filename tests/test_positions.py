@@ -280,9 +280,9 @@ async def test_async_on_exit_is_owned_and_flushed():
     pm = AdvancedPositionManager(on_exit=route)
     pm.open_position(Signal('BTC/USDT', 'buy', 100, stop=95), [fill(1, 100, 1)])
     (r,) = pm.on_price('BTC/USDT', 90, ts=1)
-    assert got == []
+    assert got == [] and pm.pending_callbacks == 1
     await pm.flush()
-    assert got == [r] and not pm._tasks
+    assert got == [r] and pm.pending_callbacks == 0
 
 def test_async_on_exit_without_loop_is_a_clear_error():
     async def route(req): pass
