@@ -1,0 +1,293 @@
+"LiveTradingEngine: wiring, start / stop, signal execution on real candles, bad input, fault injection."
+import asyncio, logging, math
+import ccxt
+import pytest
+from trader.clock import SimClock
+from trader.config import build_config, ConfigError
+from trader.core import Signal, SignalError, Bar
+from trader.data import load_candles, load_markets
+from trader.feed import candle_events
+from trader.paper import PaperExchange
+from trader.orders import SmartOrderManager, OrderRequest
+from trader.exchange import ExchangeClient
+from trader.positions import AdvancedPositionManager
+from trader.risk import RiskManager
+from trader.portfolio import PortfolioManager
+from trader.analytics import ExecutionAnalytics
+from trader.alerts import Alerts
+from trader.store import Journal
+from trader.engine import LiveTradingEngine
+
+SLICE = ('2024-08-05 00:00', '2024-08-05 00:10')   # ten real minutes of Binance BTC/USDT
+
+class Manual:
+    "A strategy that never signals by itself: signals are submitted by the test."
+    symbols, exchange = [], 'binance'
+
+class CaptureSink:
+    def __init__(self): self.alerts = []
+    async def send(self, alert): self.alerts.append(alert)
+
+def build(venue=None, overrides=None, journal=None, sink=None, slice_=SLICE, balances=None):
+    "An engine on a paper Binance (or `venue`) on a SimClock at the slice's first bar; strategy 's' registered at 0.5."
+    df = load_candles('BTC/USDT', *slice_)
+    events = candle_events({'BTC/USDT': df}, venue='binance')
+    clock = SimClock(events[0].close_time / 1000)
+    cfg = build_config({'execution': {'default_execution_algo': 'market'}, **(overrides or {})})
+    paper = venue(clock) if venue else PaperExchange('binance', balances=balances or {'USDT': 10_000.0}, clock=clock)
+    orders = SmartOrderManager({'binance': paper}, clock, cfg.execution, cfg.algorithms)
+    alerts = Alerts([sink or CaptureSink()], clock=clock)
+    eng = LiveTradingEngine(orders, AdvancedPositionManager(clock), RiskManager(cfg.risk, cfg.emergency, clock),
+                            PortfolioManager(clock=clock), clock=clock, config=cfg, analytics=ExecutionAnalytics(clock),
+                            journal=journal if journal is not None else Journal(), alerts=alerts, paper_venues={'binance': paper})
+    eng.register_strategy('s', Manual(), 0.5)
+    return eng, paper, clock, df, events
+
+async def feed(eng, clock, events):
+    "Deliver bars in order, the clock at each bar's close."
+    for ev in events:
+        await clock.advance_to(ev.close_time / 1000); eng.handle(ev)
+    await eng.update_pnl()
+
+def sig(**kw):
+    d = {'symbol': 'BTC/USDT', 'side': 'buy', 'entry': 58_000.0, 'stop': 57_000.0, 'target': 60_000.0, 'strategy': 's', 'exchange': 'binance'}
+    return {**d, **kw}
+
+# ------------------------------------------------------------------ initialization
+async def test_init_wires_parts_and_config_sections():
+    cfg_over = {'signal': {'max_queue_size': 7, 'signal_ttl': 30}, 'monitoring': {'position_check_interval': 11, 'pnl_update_frequency': 6,
+                'risk_check_frequency': 2}, 'performance': {'equity_snapshot_interval': 120}, 'emergency': {'max_consecutive_errors': 4}}
+    eng, paper, clock, _, _ = build(overrides=cfg_over)
+    assert isinstance(eng.orders.clients['binance'], ExchangeClient) and eng.orders.clients['binance'].exchange is paper
+    assert eng.paper_venues == {'binance': paper}
+    # the engine subscribed to the parts' callbacks
+    assert eng.positions.on_exit == eng._on_exit_request and eng.risk.on_event == eng._on_risk_event
+    assert eng._on_execution_event in eng.orders._subscribers
+    # each part got its config section
+    assert (eng.queue.max_size, eng.queue.ttl) == (7, 30)
+    assert eng.risk.breaker.max_consecutive_errors == 4
+    assert eng._intervals() == {'positions': 11, 'pnl': 6, 'risk': 2, 'performance': 120}
+    for section in ('execution', 'order', 'algorithms', 'monitoring', 'risk', 'emergency', 'signal', 'performance'):
+        assert hasattr(eng.config, section)
+    assert eng.config.execution.default_execution_algo == 'market'
+    assert (eng.mode, eng.running, len(eng.queue)) == (None, False, 0)
+    assert eng.portfolio.allocations == {'s': 0.5}
+    assert [e.payload['name'] for e in eng.journal.load('strategy')] == ['s']
+
+def test_malformed_config_is_a_typed_error_naming_the_key():
+    with pytest.raises(ConfigError) as e: build_config({'emergency': {'max_consecutive_errors': -1}})
+    assert e.value.key == 'emergency.max_consecutive_errors' and 'whole number > 0' in str(e.value)
+    with pytest.raises(ConfigError) as e: build_config({'signal': {'max_queue_sise': 10}})
+    assert e.value.key == 'signal.max_queue_sise' and 'unknown key' in str(e.value)
+    with pytest.raises(ConfigError) as e: build_config({'execution': {'default_execution_algo': 'vwap'}})
+    assert e.value.key == 'execution.default_execution_algo'
+
+# ------------------------------------------------------------------ start / stop
+async def test_start_stop_owns_its_tasks():
+    eng, paper, clock, _, events = build()
+    await feed(eng, clock, events[:2])
+    await eng.start_live_trading('paper')
+    tasks = list(eng._loops)
+    assert eng.running and eng.mode == 'paper' and len(tasks) == 5   # consumer + positions, pnl, risk, performance
+    await asyncio.sleep(0)
+    assert not any(t.done() for t in tasks)
+    with pytest.raises(RuntimeError, match='already running'): await eng.start_live_trading('paper')
+    assert len(eng._loops) == 5
+    await eng.stop_live_trading(grace=0)
+    assert all(t.done() for t in tasks) and all(t.cancelled() for t in tasks)
+    assert not eng.running and eng._loops == [] and not eng._tasks
+    n = len(eng.journal.load('engine'))
+    await eng.stop_live_trading()     # not running: a no-op
+    assert len(eng.journal.load('engine')) == n
+    assert [e.payload['event'] for e in eng.journal.load('engine')] == ['started', 'stopped']
+
+async def test_simulation_starts_only_the_consumer_and_bad_mode_is_refused():
+    eng, *_ = build()
+    with pytest.raises(ValueError, match="mode must be one of"): await eng.start_live_trading('backtest')
+    assert not eng.running
+    await eng.start_live_trading('simulation')
+    assert len(eng._loops) == 1
+    await eng.stop_live_trading(grace=0)
+    assert not eng.running
+
+async def test_paper_loops_run_on_the_clock():
+    "In paper mode the monitoring jobs run at their intervals on the clock: 120 s of clock -> equity points every 60 s."
+    eng, paper, clock, _, events = build(overrides={'performance': {'equity_snapshot_interval': 60}})
+    await feed(eng, clock, events[:1])
+    await eng.start_live_trading('paper')
+    await clock.advance(120)
+    await eng.stop_live_trading(grace=0)
+    eq = eng.journal.load('equity')
+    assert len(eq) == 3                 # at +60 s, +120 s, and the one written at stop
+    assert all(e.payload['equity'] == 10_000.0 for e in eq)
+
+# ------------------------------------------------------------------ signal execution
+async def test_valid_signal_fills_at_last_close_with_taker_fee():
+    eng, paper, clock, df, events = build()
+    await feed(eng, clock, events[:5])
+    r = await clock.run(eng.execute_signal(sig(algo='market')))
+    assert r.status == 'filled', r
+    # by hand: risk 1% of 10,000 / 1,000 = 0.1 BTC, capped at 25% of equity / entry = 2,500 / 58,000 = 0.0431034...,
+    # rounded down to Binance's 0.00001 BTC step
+    step = load_markets('binance')['BTC/USDT']['precision']['amount']
+    expected_amount = math.floor(0.25 * 10_000 / 58_000 / step) * step
+    assert r.size == pytest.approx(expected_amount, abs=1e-12) and expected_amount == pytest.approx(0.0431)
+    (f,) = r.fills
+    last_close = float(df.close.iloc[4])                  # market order on bars: the last close
+    taker = load_markets('binance')['BTC/USDT']['taker']  # 0.001
+    assert f.price == last_close == 58_298.01
+    assert f.amount == pytest.approx(expected_amount)
+    assert f.fee == pytest.approx(expected_amount * last_close * taker, rel=1e-12)
+    assert f.timestamp == int(df.index[4].timestamp() * 1000) + 60_000
+    bal = await paper.fetch_balance()
+    assert bal['total']['BTC'] == pytest.approx(expected_amount, abs=1e-12)
+    assert bal['total']['USDT'] == pytest.approx(10_000 - expected_amount * last_close * (1 + taker), abs=1e-9)
+    pos = eng.positions.positions[r.position_id]
+    assert (pos.amount, pos.entry_price, pos.symbol, pos.strategy) == (pytest.approx(expected_amount), pytest.approx(last_close, rel=1e-12), 'BTC/USDT', 's')
+    assert eng.counts['orders'] == 1 and len(eng.analytics.orders()) == 1
+    assert [e.key for e in eng.journal.load('position_opened')] == [r.position_id]
+
+async def test_allocation_size_caps_the_order():
+    "The spec's allocation_size is a budget in the quote currency: 600 USDT at entry 58,000 -> 0.01034 BTC (step 0.00001)."
+    eng, paper, clock, df, events = build()
+    await feed(eng, clock, events[:5])
+    r = await clock.run(eng.execute_signal(sig(algo='market'), allocation_size=600.0))
+    assert r.status == 'filled' and r.size == pytest.approx(math.floor(600 / 58_000 / 1e-5) * 1e-5, abs=1e-12)
+    assert sum(f.amount for f in r.fills) == pytest.approx(0.01034)
+
+async def test_size_below_the_venue_step_is_rejected_not_raised():
+    "A budget too small for one step of the venue (0.5 USDT -> 8.6e-6 BTC < 0.00001) is a rejection, not an exception."
+    eng, paper, clock, df, events = build()
+    await feed(eng, clock, events[:5])
+    r = await clock.run(eng.execute_signal(sig(algo='market'), allocation_size=0.5))
+    assert r.status in ('rejected', 'failed') and not r.ok
+    assert await paper.fetch_orders() == []
+
+# ------------------------------------------------------------------ bad input
+BAD = [
+    ('symbol', {'symbol': None}),
+    ('symbol', {'symbol': ''}),
+    ('stop', {'stop': 59_000.0}),                 # a buy's stop above its entry
+    ('size', {'size': -0.5}),
+    ('exchange', {'exchange': 'mtgox'}),
+]
+
+@pytest.mark.parametrize('field,change', BAD, ids=[f"{f}-{i}" for i, (f, _) in enumerate(BAD)])
+async def test_bad_signal_rejected_journaled_no_order_engine_keeps_running(field, change):
+    eng, paper, clock, df, events = build()
+    await feed(eng, clock, events[:5])
+    bad = {k: v for k, v in sig(**change).items() if v is not None}
+    with pytest.raises(SignalError) as e: Signal.from_dict(bad, venues={'binance'})
+    assert e.value.field == field
+    await eng.start_live_trading('simulation')
+    reason = eng.submit(bad)
+    assert reason is not None and reason.startswith(f'signal.{field}:'), reason
+    r = await eng.execute_signal(bad)
+    assert r.status == 'rejected' and r.reasons[0].startswith(f'signal.{field}:')
+    rej = eng.journal.load('signal_rejected')
+    assert len(rej) == 2 and all(x.payload['reasons'][0].startswith(f'signal.{field}:') for x in rej)
+    assert await paper.fetch_orders() == []
+    assert eng.running and eng.counts['rejected'] == 2
+    assert eng.submit(sig(algo='market', client_id='good')) is None
+    assert await eng.drain(60)
+    await eng.stop_live_trading()
+    good = [x for x in eng.results if x.status == 'filled']
+    assert len(good) == 1 and good[0].fills[0].price == float(df.close.iloc[4])
+    assert len(await paper.fetch_orders()) == 1
+
+async def test_unregistered_strategy_is_rejected_not_raised():
+    "Bad input: a signal from a strategy nobody registered is rejected and journaled (not an exception out of the engine)."
+    eng, paper, clock, df, events = build()
+    await feed(eng, clock, events[:5])
+    r = await clock.run(eng.execute_signal(sig(strategy='ghost', algo='market')))
+    assert r.status == 'rejected' and any('ghost' in x for x in r.reasons)
+    assert eng.journal.load('signal_rejected')
+    assert await paper.fetch_orders() == []
+
+# ------------------------------------------------------------------ fault injection
+class Flaky(PaperExchange):
+    "A paper Binance whose create_order raises `error` on the first `fail` calls (on `sides`), before or after accepting."
+    def __init__(self, clock, fail=0, error=ccxt.NetworkError, after_accept=False, sides=('buy', 'sell')):
+        super().__init__('binance', balances={'USDT': 10_000.0}, clock=clock)
+        self.fail, self.error, self.after_accept, self.sides, self.calls = fail, error, after_accept, sides, []
+    async def create_order(self, symbol, type, side, amount, price=None, params={}):
+        self.calls.append((side, (params or {}).get('clientOrderId')))
+        if self.fail > 0 and side in self.sides:
+            self.fail -= 1
+            if self.after_accept: await super().create_order(symbol, type, side, amount, price, params)
+            raise self.error(f'injected {self.error.__name__}')
+        return await super().create_order(symbol, type, side, amount, price, params)
+
+@pytest.mark.parametrize('after_accept', [False, True], ids=['lost-request', 'lost-response'])
+async def test_network_errors_retry_with_same_client_order_id_no_duplicate(after_accept):
+    eng, paper, clock, df, events = build(venue=lambda c: Flaky(c, fail=2, error=ccxt.RequestTimeout if after_accept else ccxt.NetworkError,
+                                                                after_accept=after_accept))
+    await feed(eng, clock, events[:5])
+    t0 = clock.time()
+    r = await clock.run(eng.execute_signal(sig(algo='market')))
+    assert r.status == 'filled', r
+    cids = {c for _, c in paper.calls}
+    assert len(cids) == 1 and cids == {r.fills[0].client_order_id}
+    assert len(paper.calls) == (1 if after_accept else 3)   # found by reconciliation after the lost response
+    orders = await paper.fetch_orders()
+    assert len(orders) == 1 and orders[0]['clientOrderId'] == r.fills[0].client_order_id and orders[0]['status'] == 'closed'
+    assert len(await paper.fetch_my_trades()) == 1
+    assert (await paper.fetch_balance())['total']['BTC'] == pytest.approx(r.size)
+    client = eng.orders.clients['binance']
+    assert client.errors[('RequestTimeout' if after_accept else 'NetworkError')] >= 1
+    assert clock.time() - t0 >= 0.5   # at least the first backoff, waited on the clock
+    assert eng.counts['errors'] == 0
+
+async def test_insufficient_funds_is_rejected_and_counted():
+    "A venue's InsufficientFunds: the result is not ok, its reasons say why, the engine counts the error."
+    eng, paper, clock, df, events = build(venue=lambda c: Flaky(c, fail=1, error=ccxt.InsufficientFunds, sides=('buy',)))
+    await feed(eng, clock, events[:5])
+    r = await clock.run(eng.execute_signal(sig(algo='market', size=0.01)))
+    assert r.status in ('failed', 'rejected') and not r.ok and r.position_id is None
+    assert len(paper.calls) == 1                    # not retried
+    assert eng.risk.breaker.errors == 1
+    assert eng.counts['errors'] == 1, eng.counts
+    assert any('InsufficientFunds' in x for x in r.reasons), r.reasons
+
+async def test_consecutive_venue_errors_trip_the_breaker_entries_blocked_exit_passes():
+    sink = CaptureSink()
+    eng, paper, clock, df, events = build(venue=lambda c: Flaky(c, fail=0, error=ccxt.InsufficientFunds, sides=('buy',)),
+                                          overrides={'emergency': {'max_consecutive_errors': 3}}, sink=sink)
+    await feed(eng, clock, events[:5])
+    ok = await clock.run(eng.execute_signal(sig(algo='market', size=0.01)))
+    assert ok.status == 'filled'
+    paper.fail = 10
+    for i in range(3):
+        assert not eng.risk.breaker.is_tripped
+        r = await clock.run(eng.execute_signal(sig(algo='market', size=0.01)))
+        assert not r.ok and r.parent is not None and 'InsufficientFunds' in r.parent.reason
+    assert eng.risk.breaker.is_tripped and len(paper.calls) == 4
+    await eng.alerts.drain()
+    assert any(a.level == 'critical' and 'CircuitBreakerTripped' in a.message for a in sink.alerts)
+    assert any(e.payload['type'] == 'CircuitBreakerTripped' for e in eng.journal.load('risk_event'))
+    # entries are blocked before any order is sent
+    blocked = await clock.run(eng.execute_signal(sig(algo='market', size=0.01)))
+    assert blocked.status == 'rejected' and any('circuit_breaker' in x for x in blocked.reasons), blocked.reasons
+    assert len(paper.calls) == 4
+    # an exit still passes
+    ex = await clock.run(eng.execute_signal(sig(side='sell', intent='exit', stop=None, target=None)))
+    assert ex.status == 'exited'
+    await clock.run(eng.drain(60))
+    assert not eng.positions.open_positions()
+    assert (await paper.fetch_balance())['total'].get('BTC', 0.0) == pytest.approx(0.0, abs=1e-12)
+    sells = [o for o in await paper.fetch_orders() if o['side'] == 'sell']
+    assert len(sells) == 1 and sells[0]['status'] == 'closed' and sells[0]['filled'] == pytest.approx(0.01)
+
+async def test_emergency_stop_closes_positions_and_cancels_orders():
+    eng, paper, clock, df, events = build()
+    await feed(eng, clock, events[:5])
+    await clock.run(eng.execute_signal(sig(algo='market', size=0.01)))
+    await eng.orders.execute(OrderRequest('BTC/USDT', 'buy', 0.01, algo='limit', limit_price=40_000.0, venue='binance'), venue='binance', wait=False)
+    assert len(await paper.fetch_open_orders()) == 1
+    summary = await clock.run(eng.emergency_stop('test'))
+    assert summary['open_positions_left'] == [] and summary['working_orders_left'] == [] and len(summary['canceled_orders']) == 1
+    assert await paper.fetch_open_orders() == []
+    bal = await paper.fetch_balance()
+    assert bal['total'].get('BTC', 0.0) == pytest.approx(0.0, abs=1e-12) and bal['used']['USDT'] == pytest.approx(0.0, abs=1e-9)
+    blocked = await clock.run(eng.execute_signal(sig(algo='market', size=0.01)))
+    assert blocked.status == 'rejected'
