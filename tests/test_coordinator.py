@@ -216,7 +216,6 @@ async def _session(start, end, seed=7):
     venue_trades = [(t['symbol'], t['side'], t['price'], t['amount'], t['timestamp']) for v in c.venues.values() for t in await v.fetch_my_trades()]
     return sorted(fills), sorted(venue_trades), summary
 
-@pytest.mark.slow
 async def test_simulation_is_deterministic_and_depends_on_the_data():
     a, va, sa = await _session('2024-08-05 00:00', '2024-08-05 08:00')
     b, vb, sb = await _session('2024-08-05 00:00', '2024-08-05 08:00')
