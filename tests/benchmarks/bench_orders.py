@@ -1,6 +1,6 @@
 """Benchmark: orders per second through SmartOrderManager's market path on PaperExchange, and the overhead per TWAP slice.
 
-    python benchmarks/bench_orders.py [n_orders] [n_slices]
+    python tests/benchmarks/bench_orders.py [n_orders] [n_slices]
 
 The venue is a PaperExchange holding the real Binance BTC/USDT REST snapshot of the bundled capture (1,000 levels a side);
 the snapshot is re-applied every 100 orders (outside the timing) so the orders keep walking the real book. Time is a SimClock (no waiting);

@@ -1,6 +1,6 @@
 """Benchmark: exit-check time per price update in AdvancedPositionManager for 1, 100 and 10,000 open positions.
 
-    python benchmarks/bench_positions.py [n_bars]
+    python tests/benchmarks/bench_positions.py [n_bars]
 
 Positions are BTC/USDT longs and shorts opened at the first bar's close with stops and targets 30-50 % away (so
 none fires and every update checks every position), a mix of percent and ATR trailing stops (far), and time

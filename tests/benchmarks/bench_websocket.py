@@ -1,7 +1,7 @@
 """Events per second through WebSocketManager: an unmodified ccxt.pro binance client reading the bundled Binance
 capture (99,573 stream messages, 2024-08-08 23:54 -> 00:05 UTC) from the local replay server, as fast as it goes.
 
-    python benchmarks/bench_websocket.py
+    python tests/benchmarks/bench_websocket.py
 
 Two runs: every public channel (trades, order book, best bid/ask, 1m candles), and trades alone. Book and quote
 streams are latest-value streams in ccxt.pro (a burst is conflated into the newest state), so 'events out' is
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import ccxt.pro
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'tests'))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from wsreplay import BinanceReplayServer, load_capture
 from trader.core import TradeTick
 from trader.websocket import WebSocketManager

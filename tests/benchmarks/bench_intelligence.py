@@ -1,4 +1,4 @@
-"Throughput of MarketRegimeAnalyzer (batch and per bar) and PerformanceMonitor on the bundled BTC month: python benchmarks/bench_intelligence.py"
+"Throughput of MarketRegimeAnalyzer (batch and per bar) and PerformanceMonitor on the bundled BTC month: python tests/benchmarks/bench_intelligence.py"
 import time
 import numpy as np
 from trader.core import Bar
