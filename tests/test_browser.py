@@ -3,7 +3,8 @@
 The test opens tests/browser/desk_demo.ipynb in JupyterLab, runs it, starts the desk, sends a bad signal (the error
 names the field) and a good one through the form, sees the fill and the position row, closes the position from its
 button, presses the emergency stop and confirms it, checking the page's text at each step and saving screenshots to
-tests/artifacts/desk_*.png. It skips only when Chromium, JupyterLab or Playwright is not installed."""
+tests/artifacts/desk_*.png. It skips only when Chromium, JupyterLab or Playwright is not installed (and fails instead
+when TRADER_REQUIRE_BROWSER is set, as .ci/run does)."""
 import json, os, re, shutil, socket, subprocess, sys, time, urllib.request
 from pathlib import Path
 import pytest
@@ -36,7 +37,7 @@ def _get(url:str, timeout:float=2.0) -> int:
 def jupyterlab(tmp_path):
     "A JupyterLab server on a free 127.0.0.1 port with a temporary config, runtime and root holding the desk notebook."
     why = _missing()
-    if why: pytest.skip(why)
+    if why: (pytest.fail if os.environ.get('TRADER_REQUIRE_BROWSER') else pytest.skip)(why)   # CI sets it: installed, so it must run
     root = tmp_path / 'root'; root.mkdir()
     shutil.copy(NOTEBOOK, root / NOTEBOOK.name)
     env = {**os.environ, **{k: str(tmp_path / v) for k, v in (('JUPYTER_CONFIG_DIR', 'config'), ('JUPYTER_RUNTIME_DIR', 'runtime'),
