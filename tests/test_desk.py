@@ -215,6 +215,12 @@ async def test_redraws_are_throttled(desk):
     await asyncio.sleep(1.6)
     assert 2 <= len(calls) <= 4, calls                                 # every 0.5 s, not every bar (about 16 bars went by)
     assert desk.engine.counts['events'] > 2 * len(calls)
+    desk.refresh(force=True)                                           # the tabs drew from what the engine holds
+    import plotly.graph_objects as go
+    assert isinstance(desk.regime_box.children[0], go.FigureWidget)
+    eq = desk.engine.performance.equity()
+    assert len(eq) >= 2 and list(desk.equity_chart.data[0].y) == list(eq.values)
+    assert len(desk.price_chart.data[0].y) == len(desk.prices['BTC/USDT']) >= 10
 
 async def test_mode_switch_only_while_stopped(desk):
     await started(desk)
