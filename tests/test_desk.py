@@ -233,3 +233,18 @@ async def test_mode_switch_only_while_stopped(desk):
     assert desk.coordinator.mode == 'simulation' and desk.engine is not old
     assert 'manual' in desk.engine.strategies and desk.strategy.value == 'manual'
     assert 'simulation' in desk.status.value
+
+async def test_emergency_stop_closes_an_entry_it_canceled_part_filled(desk):
+    await started(desk)
+    mark = desk.engine.marks['BTC/USDT']
+    desk.algo.value, desk.amount.value = 'twap', '0.02'
+    desk.stop_price.value, desk.target_price.value = f'{mark * 0.9:.2f}', f'{mark * 1.2:.2f}'
+    task = desk.on_submit()
+    assert await desk.wait_for(lambda: desk.engine.orders.active_orders and desk.engine.orders.active_orders[0].filled > 0, timeout=5)
+    s = await desk.emergency_stop()
+    r = await task
+    assert r.status == 'partial' and s['canceled_orders'] == [r.parent.id]
+    pos = desk.engine.positions.positions[r.position_id]
+    assert sum(f.amount for f in pos.fills if f.side is Side.SELL) == pytest.approx(r.parent.filled)   # sold what was bought
+    assert pos.amount == 0 and pos.exit_reason == 'emergency' and s['open_positions_left'] == []
+    assert desk.engine.positions.open_positions() == []
