@@ -5,8 +5,9 @@ from hypothesis import given, settings, strategies as st, HealthCheck
 from trader.core import Signal, Fill, Side, Bar
 from trader.clock import SimClock
 from trader.data import load_candles
-from trader.positions import (AdvancedPositionManager, ExitPolicy, ExitRequest, PositionError, check_exits,
-                              CODE_REASON, NO_EXIT)
+from trader import positions
+from trader.positions import (AdvancedPositionManager, ExitPolicy, ExitRequest, PositionError, check_exits, exit_of,
+                              BOOK_FIELDS, CODE_REASON, NO_EXIT)
 
 MIN = 60_000
 
@@ -186,8 +187,10 @@ def test_exit_on_real_candles(btc, name, when, side, stop_pct, target_pct, polic
     assert not pos.is_open and pos.exit_reason == reason
     assert pos.realized_pnl == pytest.approx((r.trigger_price - entry) * s * 0.01)
 
-def test_many_positions_at_once_match_the_loop(btc):
-    "Forty positions opened at random bars over two days, with random rules, replayed together."
+@pytest.mark.parametrize('small_book', [0, 10**6], ids=['vectorized', 'scalar'])
+def test_many_positions_at_once_match_the_loop(btc, small_book, monkeypatch):
+    "Forty positions opened at random bars over two days, with random rules, replayed together, by each check."
+    monkeypatch.setattr(positions, 'SMALL_BOOK', small_book)
     d, rng = btc, np.random.default_rng(7)
     start, end = index_of(btc, '2024-08-03'), index_of(btc, '2024-08-07')
     atr = atr_series(d, start)
@@ -326,6 +329,8 @@ def test_vectorized_check_equals_scalar_reference(rows, o, up, down, cl, atr, ts
         exp = None if r['pending'] else scalar_exit(r['side'], r['stop'], r['target'], r['tp'], r['ta'], a, r['hi'], r['lo'], r['opened'], r['limit'], o, h, l, c, ts)
         if exp is None: assert code[k] == NO_EXIT
         else: assert CODE_REASON[int(code[k])] == exp[0] and price[k] == pytest.approx(exp[1])
+        one = exit_of([p[f][k] for f in BOOK_FIELDS], o, h, l, c, ts, a)   # the scalar path the manager uses on small books
+        assert one[0] == code[k] and (one[0] == NO_EXIT or one[1] == pytest.approx(price[k]))
 
 @settings(max_examples=200, deadline=None)
 @given(side=st.sampled_from(['buy', 'sell']),
