@@ -401,7 +401,7 @@ def execution_recommendations(orders:pd.DataFrame, min_orders:int=3, min_fill_ra
     return (_algo_recommendations(orders, min_orders) + _venue_recommendations(orders, min_orders)
             + _quality_recommendations(orders, min_orders, min_fill_rate))
 
-# %% ../nbs/30_analytics.ipynb #99365997
+# %% ../nbs/30_analytics.ipynb #47d1bcb9
 JOURNAL_KIND = 'execution'
 
 def _ms(t) -> int:
@@ -417,7 +417,7 @@ class ExecutionAnalytics:
         self.impact_coefficient, self.efficiency_reference_bps = impact_coefficient, efficiency_reference_bps
         self.trade_memory_ms = int(trade_memory_s * 1000)
         self.records: dict[str, ExecutionRecord] = {}
-        self._rows: dict[str, dict] = {}   # per-order metrics, computed once when recorded
+        self._rows: dict[str, dict] = {}   # per-order metrics, computed when first asked for (not on the trading path)
         self._trades: dict[str, list[tuple[int, float, float]]] = {}
         self._table: pd.DataFrame|None = None
         if journal is not None:
@@ -458,12 +458,14 @@ class ExecutionAnalytics:
 
     def _store(self, r:ExecutionRecord):
         self.records[r.order_id], self._table = r, None
-        self._rows[r.order_id] = execution_metrics(r, self.efficiency_reference_bps)
+        self._rows.pop(r.order_id, None)
 
     def orders(self) -> pd.DataFrame:
         "The per-order table (one row per recorded order, indexed by order id)."
         if self._table is None:
-            self._table = pd.DataFrame(list(self._rows.values()), columns=list(_EMPTY_ROW)).set_index('order_id', drop=False)
+            for oid in self.records.keys() - self._rows.keys(): self._rows[oid] = execution_metrics(self.records[oid], self.efficiency_reference_bps)
+            rows = [self._rows[oid] for oid in self.records]   # in the order recorded
+            self._table = pd.DataFrame(rows, columns=list(_EMPTY_ROW)).set_index('order_id', drop=False)
         return self._table
 
     def shortfall(self, order_id:str) -> ImplementationShortfall:

@@ -33,7 +33,7 @@ class WallClock(Clock):
     def time(self) -> float: return time.time()
     async def sleep(self, seconds:float) -> None: await asyncio.sleep(max(0.0, seconds))
 
-# %% ../nbs/01_clock.ipynb #4d3a6dd2
+# %% ../nbs/01_clock.ipynb #cb25239c
 def _ready_queue():
     "asyncio's queue of callbacks ready to run (a private attribute), or None where the loop has none."
     return getattr(asyncio.get_running_loop(), '_ready', None)
@@ -82,6 +82,12 @@ class SimClock(Clock):
             self._now = max(self._now, d)
             fut.set_result(None)
         self._now = t
+
+    def jump_to(self, t:float) -> bool:
+        "Move time to `t` at once if nothing has to run first (no callback ready, no sleeper due by `t`); whether it did."
+        if t < self._now: raise ValueError(f"SimClock cannot go back from {self._now} to {t}")
+        if _loop_busy() or self._sleepers and self.next_deadline is not None and self.next_deadline <= t: return False
+        self._now = t; return True
 
     async def advance(self, seconds:float) -> None:
         "Move time forward by `seconds`."

@@ -157,7 +157,7 @@ def _build_engine(self, mode:str, clock:Clock, paper:bool):
 
 for _f in (initialize_production_system, _initialize_live, _build_engine): setattr(ProductionCoordinator, _f.__name__, _f)
 
-# %% ../nbs/55_coordinator.ipynb #ceb1d9c0
+# %% ../nbs/55_coordinator.ipynb #287b0ce0
 def register_strategy(self, name:str, strategy, allocation:float):
     "Register `strategy` under `name` with a fraction `allocation` of equity."
     if self.engine is not None: self.engine.register_strategy(name, strategy, allocation)
@@ -188,7 +188,7 @@ async def run_production_loop(self, mode:str|None=None, duration:float|None=None
     try:
         if self.feed is not None:
             end = None if not duration else self.feed.clock.time() + duration
-            await self.feed.run(eng.on_market_event, end=end)
+            await self.feed.run(eng.step, end=end)
         else: await self._run_live(duration)
     finally: await eng.stop_live_trading()
     return self.session_summary(time.perf_counter() - t0)

@@ -16,13 +16,14 @@ from .data import SAMPLE_CANDLES, candles_to_bars, load_candles, sample_market_e
 # %% auto #0
 __all__ = ['ReplayFeed', 'merge_events', 'replay_clock', 'candle_events', 'load_events']
 
-# %% ../nbs/40_feed.ipynb #50882c37
+# %% ../nbs/40_feed.ipynb #0f5d1c31
 class ReplayFeed:
     "Recorded market events delivered on a clock, in time order."
     def __init__(self, events:Iterable[MarketEvent], clock:Clock|None=None, progress:bool=False, total:int|None=None):
         self.events, self.progress = events, progress
         self.total = total if total is not None else (len(events) if hasattr(events, '__len__') else None)
         self.clock = clock if clock is not None else SimClock(start=self.first_time() or 0.0)
+        self._sim = isinstance(self.clock, SimClock)
         self.delivered, self.position, self._stopped = 0, 0, False
 
     def first_time(self) -> float|None:
@@ -35,6 +36,10 @@ class ReplayFeed:
             if t > self.clock.time(): await self.clock.advance_to(t)
         else: await self.clock.sleep_until(t)
 
+    def _now_at(self, t:float) -> bool:
+        "Whether the clock is at `t` without waiting (a simulated clock with nothing to run before it)."
+        return self._sim and (t <= self.clock.time() or self.clock.jump_to(t))
+
     async def __aiter__(self) -> AsyncIterator[MarketEvent]:
         "Events from where the last run stopped (a feed over a list resumes at its `position`)."
         self._stopped = False
@@ -43,7 +48,8 @@ class ReplayFeed:
         try:
             for ev in events:
                 if self._stopped: break
-                await self._wait_for(event_time(ev) / 1000)
+                t = event_time(ev) / 1000
+                if not self._now_at(t): await self._wait_for(t)
                 self.delivered += 1; self.position += 1
                 if bar is not None: bar.update(1)
                 yield ev
@@ -56,7 +62,7 @@ class ReplayFeed:
         n0 = self.delivered
         async for ev in self:
             r = handler(ev)
-            if inspect.isawaitable(r): await r
+            if r is not None and inspect.isawaitable(r): await r
             if until is not None and until(): break
             if end is not None and self.position < len(self) and event_time(self.events[self.position]) / 1000 > end: break
         return self.delivered - n0

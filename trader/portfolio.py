@@ -11,8 +11,9 @@ from .core import Signal, SignalIntent, TraderError
 from .clock import Clock, WallClock
 
 # %% auto #0
-__all__ = ['PortfolioError', 'balance_totals', 'mark_of', 'value_balances', 'PortfolioManager', 'register_strategy',
-           'unregister_strategy', 'set_deployed', 'update_deployed', 'capital_for', 'allocate', 'allocation_table']
+__all__ = ['PortfolioError', 'balance_totals', 'mark_of', 'holdings', 'value_holdings', 'value_balances', 'PortfolioManager',
+           'register_strategy', 'unregister_strategy', 'set_deployed', 'update_deployed', 'capital_for', 'allocate',
+           'allocation_table']
 
 # %% ../nbs/22_portfolio.ipynb #ff186708
 class PortfolioError(TraderError, ValueError):
@@ -23,7 +24,7 @@ def _positive(what:str, x) -> float:
         raise PortfolioError(f"{what}: must be a positive number, got {x!r}")
     return float(x)
 
-# %% ../nbs/22_portfolio.ipynb #2a324cdc
+# %% ../nbs/22_portfolio.ipynb #be61782a
 def balance_totals(balance:Mapping) -> dict[str, float]:
     "Currency -> total amount from one ccxt-shaped balance."
     if isinstance(balance.get('total'), Mapping): return {c: float(v or 0) for c, v in balance['total'].items()}
@@ -42,20 +43,27 @@ def mark_of(currency:str, marks:Mapping[str, float], quote:str) -> float|None:
     inverse = marks.get(f"{quote}/{currency}")
     return 1.0 / float(inverse) if inverse else None
 
-def value_balances(balances:Mapping, marks:Mapping[str, float], quote:str='USDT') -> dict[str, float]:
-    "Equity per venue, in `quote`, from one ccxt balance or a dict venue -> balance."
+def holdings(balances:Mapping) -> dict[str, dict[str, float]]:
+    "Venue -> currency -> non-zero total, from one ccxt balance or a dict venue -> balance."
     venues = {'default': balances} if _is_balance(balances) else dict(balances)
     out = {}
     for venue, bal in venues.items():
         if not _is_balance(bal): raise PortfolioError(f"balances[{venue!r}]: not a ccxt balance (no 'total' table or currency entries)")
-        total = 0.0
-        for cur, amt in balance_totals(bal).items():
-            if not amt: continue
-            px = mark_of(cur, marks, quote)
-            if px is None: raise PortfolioError(f"no mark for {cur} (total {amt:g} on {venue}); give marks[{cur!r}] or marks['{cur}/{quote}']")
-            total += amt * px
-        out[venue] = total
+        out[venue] = {cur: amt for cur, amt in balance_totals(bal).items() if amt}
     return out
+
+def value_holdings(held:Mapping[str, float], marks:Mapping[str, float], quote:str='USDT', venue:str='default') -> float:
+    "The value in `quote` of currency -> amount at `marks`."
+    total = 0.0
+    for cur, amt in held.items():
+        px = mark_of(cur, marks, quote)
+        if px is None: raise PortfolioError(f"no mark for {cur} (total {amt:g} on {venue}); give marks[{cur!r}] or marks['{cur}/{quote}']")
+        total += amt * px
+    return total
+
+def value_balances(balances:Mapping, marks:Mapping[str, float], quote:str='USDT') -> dict[str, float]:
+    "Equity per venue, in `quote`, from one ccxt balance or a dict venue -> balance."
+    return {venue: value_holdings(held, marks, quote, venue) for venue, held in holdings(balances).items()}
 
 # %% ../nbs/22_portfolio.ipynb #0e2849cc
 class PortfolioManager:

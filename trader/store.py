@@ -18,30 +18,35 @@ from .core import (Fill, Order, OrderEvent, OrderAccepted, OrderRejected, OrderF
 __all__ = ['SECRET_KEYS', 'ORDER_EVENTS', 'encode', 'decode_fill', 'encode_order_event', 'decode_order_event', 'JournalEntry',
            'Journal', 'JournalState', 'order_record', 'position_record', 'rebuild_state']
 
-# %% ../nbs/51_store.ipynb #9ae4af91
+# %% ../nbs/51_store.ipynb #a1636b5f
 SECRET_KEYS = frozenset({'apikey', 'api_key', 'secret', 'password', 'privatekey', 'private_key', 'token', 'passphrase'})
 
-def _plain(x:Any) -> Any:
-    if isinstance(x, Enum): return x.value
-    if dataclasses.is_dataclass(x) and not isinstance(x, type):
-        return {f.name: _plain(getattr(x, f.name)) for f in dataclasses.fields(x)}
-    if isinstance(x, dict): return {str(k): _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)): return [_plain(v) for v in x]
-    return x
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+_FIELDS: dict[type, tuple[str, ...]] = {}   # a dataclass's field names, looked up once per class
 
-def _refuse_secrets(d:Any, path:str='payload'):
-    if isinstance(d, dict):
-        for k, v in d.items():
-            if str(k).lower() in SECRET_KEYS: raise ValueError(f"journal: refusing to store {path}.{k}: credentials never go to the journal")
-            _refuse_secrets(v, f"{path}.{k}")
-    elif isinstance(d, list):
-        for v in d: _refuse_secrets(v, path)
+def _fields(x) -> tuple[str, ...]:
+    t = type(x)
+    if t not in _FIELDS: _FIELDS[t] = tuple(f.name for f in dataclasses.fields(x))
+    return _FIELDS[t]
+
+def _plain(x:Any, path:str='payload') -> Any:
+    "`x` as JSON-ready values (dataclasses and enums made plain); raises on a credential's key anywhere inside."
+    if type(x) in _SCALARS: return x
+    if isinstance(x, Enum): return x.value
+    if isinstance(x, dict): items = x.items()
+    elif dataclasses.is_dataclass(x) and not isinstance(x, type): items = ((k, getattr(x, k)) for k in _fields(x))
+    elif isinstance(x, (list, tuple)): return [_plain(v, path) for v in x]
+    else: return x
+    out = {}
+    for k, v in items:
+        k = str(k)
+        if k.lower() in SECRET_KEYS: raise ValueError(f"journal: refusing to store {path}.{k}: credentials never go to the journal")
+        out[k] = v if type(v) in _SCALARS else _plain(v, f"{path}.{k}")
+    return out
 
 def encode(payload:Any) -> str:
     "JSON for `payload` (dataclasses and enums made plain); raises if it holds credentials."
-    plain = _plain(payload)
-    _refuse_secrets(plain)
-    return json.dumps(plain, separators=(',', ':'), allow_nan=True)
+    return json.dumps(_plain(payload), separators=(',', ':'), allow_nan=True)
 
 ORDER_EVENTS = {c.__name__: c for c in (OrderAccepted, OrderRejected, OrderFilled, OrderCancelRequested,
                                         OrderCancelRejected, OrderCanceled, OrderExpired)}
