@@ -30,7 +30,7 @@ log = logging.getLogger('trader.coordinator')
 
 # %% auto #0
 __all__ = ['log', 'paper_streams', 'ProductionCoordinator', 'initialize_production_system', 'register_strategy', 'submit_signal',
-           'run_production_loop', 'emergency_shutdown', 'session_summary']
+           'run_production_loop', 'run_live', 'emergency_shutdown', 'session_summary']
 
 # %% ../nbs/55_coordinator.ipynb #6928e4ad
 def _linear_swap(markets:Mapping, pair:str) -> str|None:
@@ -52,7 +52,7 @@ def paper_streams(venues:Mapping[str, Mapping], series:Mapping[str, Any]) -> tup
                 notes.append(f"{name} {swap} has no data of its own: priced from the bundled {pair} series")
     return feeds, notes
 
-# %% ../nbs/55_coordinator.ipynb #038084fc
+# %% ../nbs/55_coordinator.ipynb #471021e2
 class ProductionCoordinator:
     "Builds and runs a trading session: venues, data, risk, portfolio, execution, positions, analytics, journal, alerts."
     def __init__(self, config:TraderConfig|None=None, journal_path:str|Path|None=None, alerts:Alerts|None=None,
@@ -68,7 +68,7 @@ class ProductionCoordinator:
         self.engine: LiveTradingEngine|None = None
         self.mode, self.feed, self.data_notes, self.venues = None, None, [], {}
         self._strategies: list[tuple[str, Any, float]] = []
-        self._clients, self._portfolio_config = None, {}
+        self._clients, self.portfolio_config = None, {}
 
     @property
     def trading_engine(self) -> LiveTradingEngine:
@@ -79,12 +79,12 @@ class ProductionCoordinator:
     def __repr__(self):
         return f"ProductionCoordinator({self.mode or 'not initialized'}, venues {sorted(self.venues)}, strategies {[s[0] for s in self._strategies]})"
 
-# %% ../nbs/55_coordinator.ipynb #ebe1be73
+# %% ../nbs/55_coordinator.ipynb #aa662954
 def _market_series(self) -> dict[str, list]:
     "Bars per bundled / given symbol, sliced to [start, end)."
     if self.data is None:
         return {s: candle_events({s: load_candles(s, self.start, self.end)}) for s in SAMPLE_CANDLES}
-    sym = self._portfolio_config.get('data_symbol', 'BTC/USDT')
+    sym = self.portfolio_config.get('data_symbol', 'BTC/USDT')
     return {sym: load_events(self.data, sym, start=self.start, end=self.end)}
 
 def _build_feed(self, series:Mapping[str, list]) -> tuple[list, list[str]]:
@@ -111,15 +111,15 @@ def _clock_for(self, mode:str, first_event_time:float) -> Clock:
 
 for _f in (_market_series, _build_feed, _paper_venues, _clock_for): setattr(ProductionCoordinator, _f.__name__, _f)
 
-# %% ../nbs/55_coordinator.ipynb #6f620164
+# %% ../nbs/55_coordinator.ipynb #c181a7d2
 async def initialize_production_system(self, exchange_clients:Mapping|None=None, portfolio_config:Mapping|None=None,
                                        mode:str|None=None) -> LiveTradingEngine:
     "Build every part for `mode` (default: the configuration's) and return the engine."
     mode = mode or self.config.mode
     if mode not in MODES: raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
     if mode == 'live' and not self.confirm_live: raise PermissionError("live mode trades real money: construct ProductionCoordinator(confirm_live=True) to opt in")
-    self._clients, self._portfolio_config = exchange_clients, dict(portfolio_config or {})
-    pc = self._portfolio_config
+    self._clients, self.portfolio_config = exchange_clients, dict(portfolio_config or {})
+    pc = self.portfolio_config
     equity, self._quote = float(pc.get('equity_usd', 10_000)), pc.get('quote', 'USDT')
     if mode == 'live': return await self._initialize_live(exchange_clients)
     series = self._market_series()
@@ -140,7 +140,7 @@ async def _initialize_live(self, clients:Mapping|None):
     return self.engine
 
 def _build_engine(self, mode:str, clock:Clock, paper:bool):
-    cfg, pc = self.config, self._portfolio_config
+    cfg, pc = self.config, self.portfolio_config
     journal = Journal(self.journal_path or ':memory:')
     alerts = self.alerts_given or Alerts([LogAlertSink()] + ([w] if (w := WebhookAlertSink.from_env()) else []), clock=clock)
     alerts.clock, alerts.journal = clock, journal
@@ -157,7 +157,7 @@ def _build_engine(self, mode:str, clock:Clock, paper:bool):
 
 for _f in (initialize_production_system, _initialize_live, _build_engine): setattr(ProductionCoordinator, _f.__name__, _f)
 
-# %% ../nbs/55_coordinator.ipynb #287b0ce0
+# %% ../nbs/55_coordinator.ipynb #2dcaac5a
 def register_strategy(self, name:str, strategy, allocation:float):
     "Register `strategy` under `name` with a fraction `allocation` of equity."
     if self.engine is not None: self.engine.register_strategy(name, strategy, allocation)
@@ -189,12 +189,12 @@ async def run_production_loop(self, mode:str|None=None, duration:float|None=None
         if self.feed is not None:
             end = None if not duration else self.feed.clock.time() + duration
             await self.feed.run(eng.step, end=end)
-        else: await self._run_live(duration)
+        else: await self.run_live(duration)
     finally: await eng.stop_live_trading()
     return self.session_summary(time.perf_counter() - t0)
 
-async def _run_live(self, duration:float|None):
-    "Live: market data from ccxt.pro websockets until `duration` passes (or forever)."
+async def run_live(self, duration:float|None):
+    "Paper or live: market data from ccxt.pro websockets into the engine until `duration` seconds pass (None: until cancelled)."
     from trader.websocket import WebSocketManager
     eng = self.trading_engine
     async with WebSocketManager(clock=eng.clock, on_alert=lambda a: eng.alerts.emit('warning', str(a), source='websocket')) as ws:
@@ -205,7 +205,7 @@ async def _run_live(self, duration:float|None):
             async for ev in ws.events(timeout=1.0): await eng.on_market_event(ev)
             await eng.run_due()
 
-for _f in (register_strategy, submit_signal, _prime, run_production_loop, _run_live): setattr(ProductionCoordinator, _f.__name__, _f)
+for _f in (register_strategy, submit_signal, _prime, run_production_loop, run_live): setattr(ProductionCoordinator, _f.__name__, _f)
 
 # %% ../nbs/55_coordinator.ipynb #e3ffe384
 async def emergency_shutdown(self, reason:str='emergency shutdown', timeout:float=120.0) -> dict:

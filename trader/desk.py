@@ -97,7 +97,7 @@ def _equity(engine) -> float|None:
     try: return engine.equity()
     except Exception: return None
 
-# %% ../nbs/60_desk.ipynb #aea69889
+# %% ../nbs/60_desk.ipynb #261992fc
 class TradingDesk:
     "An ipywidgets desk that drives a `ProductionCoordinator`'s engine: signals, positions, orders, analytics, alerts, emergency stop."
     def __init__(self, coordinator, exchange_clients:Mapping|None=None, portfolio_config:Mapping|None=None,
@@ -105,7 +105,7 @@ class TradingDesk:
                  history:int=360,              # price points kept per symbol for the chart
                  grace:float=30.0):            # seconds on the engine's clock to let executions finish on stop
         self.coordinator, self.exchange_clients = coordinator, exchange_clients
-        self.portfolio_config = dict(portfolio_config or getattr(coordinator, '_portfolio_config', None) or {'equity_usd': 10_000})
+        self.portfolio_config = dict(portfolio_config or coordinator.portfolio_config or {'equity_usd': 10_000})
         self.refresh_seconds, self.history, self.grace = refresh_seconds, history, grace
         self.ui_clock = WallClock()            # redraw throttling is wall time, not market time
         self.prices: dict[str, deque] = {}
@@ -343,7 +343,7 @@ async def emergency_stop(self, reason:str='emergency stop from the desk') -> dic
 
 for _f in (close_position, cancel_order, ask_emergency_stop, dismiss_emergency_stop, confirm_emergency_stop, emergency_stop): setattr(TradingDesk, _f.__name__, _f)
 
-# %% ../nbs/60_desk.ipynb #d0d6dc51
+# %% ../nbs/60_desk.ipynb #56b723c8
 def _record(self, ev):
     px = ev.close if isinstance(ev, Bar) else ev.price if isinstance(ev, TradeTick) else ev.mid if isinstance(ev, Quote) else None
     if px is not None:
@@ -356,7 +356,7 @@ async def _on_event(self, ev):
 
 async def _run(self):
     feed = self.coordinator.feed
-    if feed is None: await self.coordinator._run_live(None); return
+    if feed is None: await self.coordinator.run_live(None); return
     await feed.run(self._on_event)
     self.form_result.value = 'the replay has ended: press Stop'
 
