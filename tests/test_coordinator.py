@@ -225,3 +225,49 @@ async def test_simulation_is_deterministic_and_depends_on_the_data():
     c, vc, sc = await _session('2024-08-06 00:00', '2024-08-06 08:00')
     assert c != a and vc != va and len(c) >= 1
     assert {x[5] for x in c}.isdisjoint({x[5] for x in a})   # other timestamps: other data
+
+# ------------------------------------------------------------------ work that outlives the data (no hang)
+from trader.core import Signal
+from trader.strategies import Strategy
+
+async def _three_minutes():
+    c = await coordinator(start='2024-08-05 00:00', end='2024-08-05 00:03', exchange_clients=None)
+    c.register_strategy('manual', Strategy(symbols=[], name='manual'), 1.0)
+    return c
+
+@pytest.mark.timeout(60)
+async def test_a_twap_outliving_the_replay_finishes_on_the_last_prices():
+    "Three minutes of data, then a 10-minute TWAP: the slices go out on the simulated clock, the call returns."
+    c = await _three_minutes()
+    last = load_candles('BTC/USDT', '2024-08-05 00:00', '2024-08-05 00:03').close.iloc[-1]
+    sig = Signal('BTC/USDT', 'buy', float(last), stop=float(last) * 0.98, target=float(last) * 1.05, strategy='manual', size=0.01, algo='twap', exchange='paper')
+    r = await asyncio.wait_for(c.submit_signal(sig), 30)
+    eng = c.trading_engine
+    assert r.parent is not None and r.parent.is_terminal and r.parent.filled == pytest.approx(0.01)
+    assert len(r.parent.children) > 1                                    # sliced, not one order
+    assert eng.clock.time() * 1000 > c.feed.events[-1].close_time         # time moved past the data to send them
+    assert not eng.orders.active_orders
+
+@pytest.mark.timeout(60)
+async def test_the_loop_returns_when_its_duration_ends_with_an_order_working():
+    "A limit entry resting when the duration runs out: stop_live_trading gives it the grace period, then cancels."
+    c = await coordinator(start='2024-08-05 00:00', end='2024-08-05 06:00', exchange_clients=None)
+    c.register_strategy('manual', Strategy(symbols=[], name='manual'), 1.0)
+    eng = c.trading_engine
+    await eng.start_live_trading('simulation')
+    px = c.feed.events[0].close
+    eng.submit(Signal('BTC/USDT', 'buy', px * 0.9, stop=px * 0.85, target=px * 1.1, strategy='manual', size=0.01, algo='limit', exchange='paper'))
+    await eng.stop_live_trading()          # the order rests 10 % below the market: it cannot fill
+    eng2 = await asyncio.wait_for(c.run_production_loop('simulation', duration=600), 30)
+    assert eng2['events'] > 0
+
+@pytest.mark.timeout(60)
+async def test_emergency_shutdown_with_signals_queued_on_a_stopped_engine_returns():
+    "Signals queued after the engine stopped have no consumer: the shutdown must not wait for them."
+    c = await _three_minutes()
+    eng = c.trading_engine
+    px = c.feed.events[0].close
+    eng.submit(Signal('BTC/USDT', 'buy', px, stop=px * 0.98, target=px * 1.05, strategy='manual', size=0.01, exchange='paper'))
+    assert len(eng.queue) == 1 and not eng.running
+    summary = await asyncio.wait_for(c.emergency_shutdown('test'), 30)
+    assert summary['open_positions_left'] == [] and summary['working_orders_left'] == []

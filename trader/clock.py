@@ -33,7 +33,7 @@ class WallClock(Clock):
     def time(self) -> float: return time.time()
     async def sleep(self, seconds:float) -> None: await asyncio.sleep(max(0.0, seconds))
 
-# %% ../nbs/01_clock.ipynb #cb25239c
+# %% ../nbs/01_clock.ipynb #f981ebcd
 def _ready_queue():
     "asyncio's queue of callbacks ready to run (a private attribute), or None where the loop has none."
     return getattr(asyncio.get_running_loop(), '_ready', None)
@@ -81,7 +81,7 @@ class SimClock(Clock):
             _, _, fut = heapq.heappop(self._sleepers)
             self._now = max(self._now, d)
             fut.set_result(None)
-        self._now = t
+        self._now = max(self._now, t)   # another task may have moved it further meanwhile
 
     def jump_to(self, t:float) -> bool:
         "Move time to `t` at once if nothing has to run first (no callback ready, no sleeper due by `t`); whether it did."

@@ -30,7 +30,7 @@ log = logging.getLogger('trader.coordinator')
 
 # %% auto #0
 __all__ = ['log', 'paper_streams', 'ProductionCoordinator', 'initialize_production_system', 'register_strategy', 'submit_signal',
-           'run_production_loop', 'run_live', 'emergency_shutdown', 'session_summary']
+           'drive', 'run_production_loop', 'run_live', 'emergency_shutdown', 'session_summary']
 
 # %% ../nbs/55_coordinator.ipynb #6928e4ad
 def _linear_swap(markets:Mapping, pair:str) -> str|None:
@@ -157,7 +157,7 @@ def _build_engine(self, mode:str, clock:Clock, paper:bool):
 
 for _f in (initialize_production_system, _initialize_live, _build_engine): setattr(ProductionCoordinator, _f.__name__, _f)
 
-# %% ../nbs/55_coordinator.ipynb #2dcaac5a
+# %% ../nbs/55_coordinator.ipynb #4f73a42e
 def register_strategy(self, name:str, strategy, allocation:float):
     "Register `strategy` under `name` with a fraction `allocation` of equity."
     if self.engine is not None: self.engine.register_strategy(name, strategy, allocation)
@@ -172,7 +172,14 @@ async def submit_signal(self, signal):
     task = asyncio.ensure_future(eng.execute_signal(signal))
     if self.feed is not None and isinstance(self.feed.clock, SimClock):
         await self.feed.run(eng.handle, until=task.done)
-    return await task
+        if not task.done(): log.warning("submit_signal: the replay ended with %s still executing; it works on the last prices", signal)
+    return await self.drive(task)
+
+async def drive(self, aw):
+    "Await `aw`; on a simulated clock that no feed is moving (the data ran out), move time for it: timeouts, TWAP slices."
+    clock = self.trading_engine.clock
+    if isinstance(clock, SimClock) and not (self.feed is not None and self.feed.running): return await clock.run(aw)
+    return await aw
 
 async def _prime(self):
     "Deliver the first event of the session so venues have prices before the first order."
@@ -190,7 +197,7 @@ async def run_production_loop(self, mode:str|None=None, duration:float|None=None
             end = None if not duration else self.feed.clock.time() + duration
             await self.feed.run(eng.step, end=end)
         else: await self.run_live(duration)
-    finally: await eng.stop_live_trading()
+    finally: await self.drive(eng.stop_live_trading())   # orders still working get the grace period, on the clock
     return self.session_summary(time.perf_counter() - t0)
 
 async def run_live(self, duration:float|None):
@@ -205,17 +212,18 @@ async def run_live(self, duration:float|None):
             async for ev in ws.events(timeout=1.0): await eng.on_market_event(ev)
             await eng.run_due()
 
-for _f in (register_strategy, submit_signal, _prime, run_production_loop, run_live): setattr(ProductionCoordinator, _f.__name__, _f)
+for _f in (register_strategy, submit_signal, drive, _prime, run_production_loop, run_live): setattr(ProductionCoordinator, _f.__name__, _f)
 
-# %% ../nbs/55_coordinator.ipynb #e3ffe384
+# %% ../nbs/55_coordinator.ipynb #a3038639
 async def emergency_shutdown(self, reason:str='emergency shutdown', timeout:float=120.0) -> dict:
     "Cancel all orders, close all positions, preserve state, alert; returns what was done and what is left."
     eng = self.trading_engine
     task = asyncio.ensure_future(eng.emergency_stop(reason, timeout))
     if self.feed is not None and isinstance(self.feed.clock, SimClock) and not self.feed.exhausted:
         await self.feed.run(eng.handle, until=task.done)
-    summary = await task
+    summary = await self.drive(task)
     if eng.running: await eng.stop_live_trading(grace=0)
+    else: await eng.update_pnl()   # a stopped engine's equity after the closing fills
     await eng.alerts.drain()
     return summary
 

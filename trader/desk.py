@@ -298,7 +298,7 @@ async def execute(self, signal) -> Any:
 
 for _f in (_spawn, form_values, show_error, clear_error, on_submit, execute): setattr(TradingDesk, _f.__name__, _f)
 
-# %% ../nbs/60_desk.ipynb #00a944bf
+# %% ../nbs/60_desk.ipynb #2b494586
 def close_position(self, position_id:str):
     "Ask the engine to close `position_id` at market; the `ExitRequest`, or None if it is closed or already exiting."
     req = self.engine.positions.request_exit(position_id, DESK_EXIT_REASON)
@@ -333,7 +333,7 @@ async def emergency_stop(self, reason:str='emergency stop from the desk') -> dic
     # wait for the desk's signals to come back, then close what they opened
     await self.wait_for(lambda: not self._signal_tasks, timeout=10)
     late = eng.positions.close_all('emergency')
-    await eng.drain(60)                # the closing orders, on the engine's clock
+    await self.coordinator.drive(eng.drain(60))   # the closing orders, on the engine's clock
     self.last_summary = s = {**s, 'exit_requests': s['exit_requests'] + len(late), 'late_exit_requests': len(late),
                              'open_positions_left': [p.id for p in eng.positions.open_positions()]}
     self.form_result.value = (f'<span class="desk-error">EMERGENCY STOP done: {len(s["canceled_orders"])} order(s) canceled, '
@@ -343,7 +343,7 @@ async def emergency_stop(self, reason:str='emergency stop from the desk') -> dic
 
 for _f in (close_position, cancel_order, ask_emergency_stop, dismiss_emergency_stop, confirm_emergency_stop, emergency_stop): setattr(TradingDesk, _f.__name__, _f)
 
-# %% ../nbs/60_desk.ipynb #56b723c8
+# %% ../nbs/60_desk.ipynb #1d5befbd
 def _record(self, ev):
     px = ev.close if isinstance(ev, Bar) else ev.price if isinstance(ev, TradeTick) else ev.mid if isinstance(ev, Quote) else None
     if px is not None:

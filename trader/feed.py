@@ -16,7 +16,7 @@ from .data import SAMPLE_CANDLES, candles_to_bars, load_candles, sample_market_e
 # %% auto #0
 __all__ = ['ReplayFeed', 'merge_events', 'replay_clock', 'candle_events', 'load_events']
 
-# %% ../nbs/40_feed.ipynb #0f5d1c31
+# %% ../nbs/40_feed.ipynb #0e24c736
 class ReplayFeed:
     "Recorded market events delivered on a clock, in time order."
     def __init__(self, events:Iterable[MarketEvent], clock:Clock|None=None, progress:bool=False, total:int|None=None):
@@ -24,7 +24,7 @@ class ReplayFeed:
         self.total = total if total is not None else (len(events) if hasattr(events, '__len__') else None)
         self.clock = clock if clock is not None else SimClock(start=self.first_time() or 0.0)
         self._sim = isinstance(self.clock, SimClock)
-        self.delivered, self.position, self._stopped = 0, 0, False
+        self.delivered, self.position, self._stopped, self.running = 0, 0, False, False
 
     def first_time(self) -> float|None:
         "Seconds at which the first event becomes known (for a list of events)."
@@ -59,12 +59,15 @@ class ReplayFeed:
     async def run(self, handler:Callable[[MarketEvent], Any], until:Callable[[], bool]|None=None,
                   end:float|None=None) -> int: # stop before the first event after `end` (seconds on the clock)
         "Deliver events to `handler` (sync or async) until they run out, `until()` is true or time passes `end`."
-        n0 = self.delivered
-        async for ev in self:
-            r = handler(ev)
-            if r is not None and inspect.isawaitable(r): await r
-            if until is not None and until(): break
-            if end is not None and self.position < len(self) and event_time(self.events[self.position]) / 1000 > end: break
+        n0, events, self.running = self.delivered, self.__aiter__(), True
+        try:
+            async for ev in events:
+                r = handler(ev)
+                if r is not None and inspect.isawaitable(r): await r
+                if until is not None and until(): break
+                if end is not None and self.position < len(self) and event_time(self.events[self.position]) / 1000 > end: break
+        finally:
+            self.running = False; await events.aclose()
         return self.delivered - n0
 
     @property
