@@ -104,6 +104,11 @@ async def test_seed_position_open_notional_counts_contract_size():
     positions, totals = c.trading_engine.positions.get_position_summary()
     row = positions.loc[result.position_id]
     assert totals['open_notional'] == pytest.approx(row.amount * 0.001 * row.mark, rel=1e-9)
+    # the risk taken and the cost are in quote too: contracts x 0.001 BTC, from the first fill on
+    held = c.trading_engine.positions.held[result.position_id]
+    fills = result.fills
+    assert held.initial_risk == pytest.approx(sum((f.price - SEED['stop']) * f.amount * 0.001 for f in fills), rel=1e-9)
+    assert held.cost_basis == pytest.approx(sum(f.price * f.amount * 0.001 for f in fills), rel=1e-9)
 
 async def test_seed_risk_at_the_stop_is_within_risk_per_trade():
     "risk_per_trade is 'equity lost if the stop is hit': the seed's stop (44,000) measured from the actual fill must respect it."

@@ -167,7 +167,7 @@ def handle(self, ev:MarketEvent) -> None:
 
 LiveTradingEngine.handle = handle
 
-# %% ../nbs/54_engine.ipynb #a2c9c0c3
+# %% ../nbs/54_engine.ipynb #ae3bbd79
 async def execute_signal(self, signal, allocation_size:float|None=None) -> ExecutionResult:
     "Run one signal through risk, allocation, execution and position management."
     try: signal = self.as_signal(signal)
@@ -200,8 +200,8 @@ async def _execute_entry(self, signal:Signal, size:float, reasons:list[str]) -> 
     r = ExecutionResult(signal, 'filled' if parent.remaining <= 0 else 'partial', reasons, amount, parent)
     if parent.filled > 0:
         self.risk.record_success()
-        pos = self.positions.open_position(signal, parent, exit_policy=getattr(self.strategies.get(signal.strategy), 'exit_policy', None))
-        self._set_contract_size(pos)
+        pos = self.positions.open_position(signal, parent, exit_policy=getattr(self.strategies.get(signal.strategy), 'exit_policy', None),
+                                           contract_size=self.contract_size(signal.symbol, venue))
         r.position_id = pos.id
         self._journal('position_opened', position_record(pos, stop=signal.stop, target=signal.target), key=pos.id)
         for f in parent.fills: self._journal('position_fill', f, key=pos.id)
@@ -234,7 +234,7 @@ def _mark_latency(self, signal:Signal):
 
 for _f in (execute_signal, _exit_for_signal, _execute_entry, _failed, _fit_to_cash, _mark_latency): setattr(LiveTradingEngine, _f.__name__, _f)
 
-# %% ../nbs/54_engine.ipynb #6e1da5c1
+# %% ../nbs/54_engine.ipynb #4ba86b34
 def _client(self, venue:str|None, symbol:str):
     if venue in self.orders.clients: return self.orders.clients[venue]
     return next((c for c in self.orders.clients.values() if symbol in (c.markets or {})), None)
@@ -250,10 +250,6 @@ def venue_amount(self, symbol:str, venue:str|None, base_amount:float) -> float:
     c, cs = self._client(venue, symbol), self.contract_size(symbol, venue)
     amount = base_amount / cs
     return float(c.amount_to_precision(symbol, amount)) if c is not None else amount
-
-def _set_contract_size(self, pos):
-    cs = self.contract_size(pos.symbol, pos.venue if pos.venue in self.orders.clients else None)
-    if cs != 1.0 and pos.contract_size != cs: pos.contract_size = cs
 
 def _round_base(self, symbol:str, base_amount:float, venue:str|None):
     cs = self.contract_size(symbol, venue)
@@ -287,7 +283,7 @@ def _base_markets(client, symbol, cs):
     if amt.get('min') is not None: amt['min'] = amt['min'] * cs
     return {symbol: {**m, 'limits': {**lim, 'amount': amt}}}
 
-for _f in (_client, contract_size, venue_amount, _set_contract_size, _round_base, equity, _risk_numbers, risk_state): setattr(LiveTradingEngine, _f.__name__, _f)
+for _f in (_client, contract_size, venue_amount, _round_base, equity, _risk_numbers, risk_state): setattr(LiveTradingEngine, _f.__name__, _f)
 
 # %% ../nbs/54_engine.ipynb #7f881e14
 async def _on_exit_request(self, req:ExitRequest):

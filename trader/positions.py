@@ -223,7 +223,7 @@ class AdvancedPositionManager:
         books = self.books.values() if symbol is None else [self.books[symbol]] if symbol in self.books else []
         return [p for b in books for p in (self.positions[i] for i in b.ids) if strategy in (None, p.strategy)]
 
-# %% ../nbs/20_positions.ipynb #405869dc
+# %% ../nbs/20_positions.ipynb #c411690b
 def _key(p) -> tuple: return (p.strategy, p.symbol, Side(p.side), p.venue if isinstance(p, Position) else p.exchange)
 
 def _find_open(self:AdvancedPositionManager, signal:Signal) -> HeldPosition|None:
@@ -231,8 +231,8 @@ def _find_open(self:AdvancedPositionManager, signal:Signal) -> HeldPosition|None
     pids = self._open_by_key.get(_key(signal), [])
     return self.held[pids[0]] if pids else None
 
-def _new_position(self:AdvancedPositionManager, signal:Signal, pid:str, policy:ExitPolicy|None, fills) -> HeldPosition:
-    pos = Position(pid, signal.symbol, signal.side, strategy=signal.strategy, venue=signal.exchange)
+def _new_position(self:AdvancedPositionManager, signal:Signal, pid:str, policy:ExitPolicy|None, fills, contract_size:float) -> HeldPosition:
+    pos = Position(pid, signal.symbol, signal.side, strategy=signal.strategy, venue=signal.exchange, contract_size=contract_size)
     pos.opened_at = next((f.timestamp for f in fills if f.timestamp), 0) or self.clock.ms()
     h = HeldPosition(pos, signal.stop, signal.target, signal.stop, signal.reward_risk, policy or self.exit_policy)
     self.positions[pid], self.held[pid] = pos, h
@@ -240,7 +240,8 @@ def _new_position(self:AdvancedPositionManager, signal:Signal, pid:str, policy:E
     return h
 
 def open_position(self:AdvancedPositionManager, signal:Signal, execution_result, # `.fills` or a list of Fill
-                  position_id:str|None=None, exit_policy:ExitPolicy|None=None) -> Position:
+                  position_id:str|None=None, exit_policy:ExitPolicy|None=None,
+                  contract_size:float=1.0) -> Position: # base per contract, for derivatives (fill amounts are contracts)
     "Book the entry fills of `signal`: a new position, or a scale-in at the average price."
     fills = _fills_of(execution_result)
     if not fills: raise PositionError(f"open_position {signal.symbol} {signal.side}: no fills, nothing was bought or sold")
@@ -248,7 +249,7 @@ def open_position(self:AdvancedPositionManager, signal:Signal, execution_result,
         if (f.symbol, f.side) != (signal.symbol, signal.side):
             raise PositionError(f"open_position: fill {f.trade_id} is {f.side} {f.symbol}, the signal is {signal.side} {signal.symbol}")
     h = self.held.get(position_id) if position_id else _find_open(self, signal)
-    if h is None: h = _new_position(self, signal, position_id or self._next_id(), exit_policy, fills)
+    if h is None: h = _new_position(self, signal, position_id or self._next_id(), exit_policy, fills, contract_size)
     elif (h.position.symbol, h.position.side) != (signal.symbol, signal.side) or not h.position.amount:
         raise PositionError(f"position {h.position.id}: cannot scale a {signal.side} {signal.symbol} entry into {h.position!r}")
     for f in fills:
