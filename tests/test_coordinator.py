@@ -255,23 +255,26 @@ async def test_a_twap_outliving_the_replay_finishes_on_the_last_prices():
 
 @pytest.mark.timeout(60)
 async def test_the_loop_returns_when_its_duration_ends_with_an_order_working():
-    "A limit entry resting when the duration runs out: stop_live_trading gives it the grace period, then cancels."
+    "A TWAP entry still slicing when the duration runs out: the loop gives it the grace period on the clock, then returns."
     c = await coordinator(start='2024-08-05 00:00', end='2024-08-05 06:00', exchange_clients=None)
     c.register_strategy('manual', Strategy(symbols=[], name='manual'), 1.0)
     eng = c.trading_engine
-    await eng.start_live_trading('simulation')
     px = c.feed.events[0].close
-    eng.submit(Signal('BTC/USDT', 'buy', px * 0.9, stop=px * 0.85, target=px * 1.1, strategy='manual', size=0.01, algo='limit', exchange='paper'))
-    await eng.stop_live_trading()          # the order rests 10 % below the market: it cannot fill
-    eng2 = await asyncio.wait_for(c.run_production_loop('simulation', duration=600), 30)
-    assert eng2['events'] > 0
+    eng.submit(Signal('BTC/USDT', 'buy', px, stop=px * 0.95, target=px * 1.1, strategy='manual', size=0.01, algo='twap', exchange='paper'))
+    t0 = c.feed.events[0].close_time
+    summary = await asyncio.wait_for(c.run_production_loop('simulation', duration=600), 30)
+    (parent,) = eng.orders.parents.values()
+    assert summary['events'] == sum(e.close_time <= t0 + 600_000 for e in c.feed.events)   # ten minutes of both symbols
+    assert 0 < parent.filled < 0.01                                  # it was still slicing when the ten minutes ended
+    assert eng.clock.time() * 1000 - t0 == (600 + 30) * 1000           # the stop's 30 s grace passed on the simulated clock
 
 @pytest.mark.timeout(60)
 async def test_emergency_shutdown_with_signals_queued_on_a_stopped_engine_returns():
     "Signals queued after the engine stopped have no consumer: the shutdown must not wait for them."
     c = await _three_minutes()
+    await c.run_production_loop('simulation')   # all the data: the engine stops, the feed is exhausted
     eng = c.trading_engine
-    px = c.feed.events[0].close
+    px = c.feed.events[-1].close
     eng.submit(Signal('BTC/USDT', 'buy', px, stop=px * 0.98, target=px * 1.05, strategy='manual', size=0.01, exchange='paper'))
     assert len(eng.queue) == 1 and not eng.running
     summary = await asyncio.wait_for(c.emergency_shutdown('test'), 30)

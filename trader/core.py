@@ -13,10 +13,11 @@ from collections.abc import Iterable, Mapping
 
 # %% auto #0
 __all__ = ['TERMINAL_STATUSES', 'ORDER_TRANSITIONS', 'MarketEvent', 'StrEnum', 'Side', 'OrderType', 'TimeInForce', 'OrderStatus',
-           'Urgency', 'ExecutionAlgo', 'SignalIntent', 'TraderError', 'SignalError', 'OrderStateError', 'split_symbol',
-           'known_venues', 'Signal', 'Fill', 'OrderEvent', 'OrderAccepted', 'OrderRejected', 'OrderFilled',
-           'OrderCancelRequested', 'OrderCancelRejected', 'OrderCanceled', 'OrderExpired', 'Order', 'order_in_state',
-           'ClientOrderIds', 'Position', 'Bar', 'TradeTick', 'BookUpdate', 'Quote', 'event_time']
+           'Urgency', 'ExecutionAlgo', 'SignalIntent', 'TraderError', 'positive_number', 'SignalError',
+           'OrderStateError', 'split_symbol', 'known_venues', 'Signal', 'Fill', 'OrderEvent', 'OrderAccepted',
+           'OrderRejected', 'OrderFilled', 'OrderCancelRequested', 'OrderCancelRejected', 'OrderCanceled',
+           'OrderExpired', 'Order', 'order_in_state', 'ClientOrderIds', 'Position', 'Bar', 'TradeTick', 'BookUpdate',
+           'Quote', 'event_time']
 
 # %% ../nbs/00_core.ipynb #fe40f324
 class StrEnum(str, Enum):
@@ -59,9 +60,15 @@ class ExecutionAlgo(StrEnum):
 class SignalIntent(StrEnum):
     ENTRY = 'entry'; EXIT = 'exit'
 
-# %% ../nbs/00_core.ipynb #f7bd3a13
+# %% ../nbs/00_core.ipynb #044582db
 class TraderError(Exception):
     "Base class of every error trader raises on purpose."
+
+def positive_number(label:str, x, error:type[Exception]=ValueError, what:str='a positive number') -> float:
+    "`x` as a float if it is a finite number above 0 (not a bool); else `error` naming `label` and the value."
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or x <= 0:
+        raise error(f"{label}: must be {what}, got {x!r}")
+    return float(x)
 
 class SignalError(TraderError, ValueError):
     "A signal that cannot be traded: `field` names the culprit, `reason` says why."

@@ -365,7 +365,7 @@ def _record_closed(self, pos):
 
 for _f in (_on_exit_request, _exit_amount, _write_off_dust, _exit_failed, _retry_exit_after, _on_execution_event, _on_risk_event, _record_closed): setattr(LiveTradingEngine, _f.__name__, _f)
 
-# %% ../nbs/54_engine.ipynb #ebe56611
+# %% ../nbs/54_engine.ipynb #4877fdf2
 def _intervals(self) -> dict[str, float]:
     m = self.config.monitoring
     return {'positions': m.position_check_interval, 'pnl': m.pnl_update_frequency, 'risk': m.risk_check_frequency,
@@ -419,9 +419,7 @@ def record_performance(self):
 
 async def run_due(self, now:float|None=None):
     "Run the monitoring jobs that are due at `now` (seconds on the clock)."
-    for job in self._take_due(now):
-        try: await self._run_job(job)
-        except Exception as e: self._job_failed(job, e)
+    await self._run_jobs(self._take_due(now))
 
 def _take_due(self, now:float|None=None) -> list[str]:
     "The jobs due at `now`, each booked for its next time."
