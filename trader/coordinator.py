@@ -111,7 +111,7 @@ def _clock_for(self, mode:str, first_event_time:float) -> Clock:
 
 for _f in (_market_series, _build_feed, _paper_venues, _clock_for): setattr(ProductionCoordinator, _f.__name__, _f)
 
-# %% ../nbs/55_coordinator.ipynb #c181a7d2
+# %% ../nbs/55_coordinator.ipynb #bacb9ecd
 async def initialize_production_system(self, exchange_clients:Mapping|None=None, portfolio_config:Mapping|None=None,
                                        mode:str|None=None) -> LiveTradingEngine:
     "Build every part for `mode` (default: the configuration's) and return the engine."
@@ -141,7 +141,7 @@ async def _initialize_live(self, clients:Mapping|None):
 
 def _build_engine(self, mode:str, clock:Clock, paper:bool):
     cfg, pc = self.config, self.portfolio_config
-    journal = Journal(self.journal_path or ':memory:')
+    journal = Journal(self.journal_path or ':memory:', group_commit=mode == 'simulation')   # a simulation rerun reproduces what a crash loses
     alerts = self.alerts_given or Alerts([LogAlertSink()] + ([w] if (w := WebhookAlertSink.from_env()) else []), clock=clock)
     alerts.clock, alerts.journal = clock, journal
     orders = SmartOrderManager(self.venues, clock, cfg.execution, cfg.algorithms)
