@@ -365,7 +365,7 @@ def _record_closed(self, pos):
 
 for _f in (_on_exit_request, _exit_amount, _write_off_dust, _exit_failed, _retry_exit_after, _on_execution_event, _on_risk_event, _record_closed): setattr(LiveTradingEngine, _f.__name__, _f)
 
-# %% ../nbs/54_engine.ipynb #4877fdf2
+# %% ../nbs/54_engine.ipynb #a209709e
 def _intervals(self) -> dict[str, float]:
     m = self.config.monitoring
     return {'positions': m.position_check_interval, 'pnl': m.pnl_update_frequency, 'risk': m.risk_check_frequency,
@@ -374,8 +374,8 @@ def _intervals(self) -> dict[str, float]:
 def check_positions(self):
     "Mark every open position at the last price (time limits, stops between bars), unless an event just did."
     now = self.clock.ms()
-    for sym in self.positions.open_symbols():
-        if sym in self.marks and self._checked.get(sym) != now: self.positions.on_price(sym, self.marks[sym], now)
+    for sym, book in self.positions.books.items():
+        if book and self._checked.get(sym) != now and sym in self.marks: self.positions.on_price(sym, self.marks[sym], now)
 
 async def update_pnl(self):
     "Equity: the venues' balances valued at the marks (derivatives balances include their unrealized P&L)."
@@ -384,12 +384,11 @@ async def update_pnl(self):
 
 def _must_fetch(self) -> bool:
     "Whether the balances must be fetched again: always outside simulation; in it, after a fill or with derivatives open."
-    return self._balances_stale or self.mode != 'simulation' or any(p.contract_size != 1.0 for p in self.positions.open_positions())
+    return self._balances_stale or self.mode != 'simulation' or self.positions.holds_contracts()
 
 async def _fetch_balances(self):
     self._holdings = holdings({name: await c.fetch_balance() for name, c in self.orders.clients.items()})
-    derivatives = any(p.contract_size != 1.0 for p in self.positions.open_positions())
-    self._balances_stale, self._only_quote = False, not derivatives and _only(self._holdings, self.quote)
+    self._balances_stale, self._only_quote = False, not self.positions.holds_contracts() and _only(self._holdings, self.quote)
 
 def _revalue(self):
     "Equity from the last balances at the marks (nothing to do when all of it is cash and equity is known)."

@@ -189,7 +189,7 @@ def _fills_of(execution_result) -> list[Fill]:
 
 def _num(x): return math.nan if x is None else float(x)
 
-# %% ../nbs/20_positions.ipynb #73936bbd
+# %% ../nbs/20_positions.ipynb #2405e426
 class AdvancedPositionManager:
     "Keeps positions, their P&L and excursions, and turns triggered exits into `ExitRequest`s; never trades."
     def __init__(self, clock:Clock|None=None,
@@ -200,6 +200,7 @@ class AdvancedPositionManager:
         self.positions: dict[str, Position] = {}
         self.held: dict[str, HeldPosition] = {}
         self.books: dict[str, ExitBook] = {}
+        self._contract_symbols: set[str] = set()        # symbols that have held a derivatives position (contract size != 1)
         self.atr: dict[str, RollingATR] = {}
         self.marks: dict[str, float] = {}
         self.exit_requests: list[ExitRequest] = []
@@ -217,6 +218,10 @@ class AdvancedPositionManager:
     def open_symbols(self) -> list[str]:
         "Symbols with at least one open position."
         return [s for s, b in self.books.items() if b]
+
+    def holds_contracts(self) -> bool:
+        "Whether a derivatives position (contract size other than 1) is open."
+        return any(self.books.get(s) for s in self._contract_symbols)
 
     def open_positions(self, symbol:str|None=None, strategy:str|None=None) -> list[Position]:
         "Open positions, optionally of one symbol and / or strategy."
@@ -267,7 +272,7 @@ def set_exit_levels(self:AdvancedPositionManager, position_id:str, stop:float|No
 
 AdvancedPositionManager.open_position, AdvancedPositionManager.set_exit_levels = open_position, set_exit_levels
 
-# %% ../nbs/20_positions.ipynb #074a9b76
+# %% ../nbs/20_positions.ipynb #fa2058c4
 def _apply_fill(self:AdvancedPositionManager, h:HeldPosition, fill:Fill, reason:str|None=None) -> bool:
     "Apply one fill to `h`; False if it was already counted."
     pos, key = h.position, (fill.client_order_id, fill.trade_id)
@@ -287,6 +292,7 @@ def _apply_fill(self:AdvancedPositionManager, h:HeldPosition, fill:Fill, reason:
 def _enter_book(self:AdvancedPositionManager, h:HeldPosition):
     pos, pol = h.position, h.policy
     h.high = h.low = pos.entry_price
+    if pos.contract_size != 1.0: self._contract_symbols.add(pos.symbol)
     self.books[pos.symbol].add(pos.id, entry=pos.entry_price, stop=_num(h.stop), target=_num(h.target), sign=float(pos.side.sign),
         opened_at=float(pos.opened_at), time_limit_ms=np.inf if pol.time_limit is None else pol.time_limit * 1000,
         trail_pct=_num(pol.trailing_pct), trail_atr=_num(pol.trailing_atr), high=h.high, low=h.low, pending=False)
