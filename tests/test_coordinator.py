@@ -110,6 +110,22 @@ async def test_seed_position_open_notional_counts_contract_size():
     assert held.initial_risk == pytest.approx(sum((f.price - SEED['stop']) * f.amount * 0.001 for f in fills), rel=1e-9)
     assert held.cost_basis == pytest.approx(sum(f.price * f.amount * 0.001 for f in fills), rel=1e-9)
 
+async def test_seed_execution_report_is_in_quote():
+    "The seed's derivatives fill in the execution report: notional, shortfall and fees in USDT (contracts x 0.001 BTC), not in contracts."
+    c = await coordinator()
+    register_three(c)
+    result = await c.submit_signal(dict(SEED))
+    row = c.trading_engine.analytics.generate_execution_report('1d')['orders'].iloc[0]
+    (f,) = result.fills
+    assert row.contract_size == 0.001
+    assert row.notional == pytest.approx(f.price * f.amount * 0.001, rel=1e-12)             # about 0.0075 BTC: hundreds of USDT
+    assert row.paper_notional == pytest.approx(result.size * 0.001 * SEED['entry'], rel=1e-12)
+    assert row.delay_cost == pytest.approx(result.size * 0.001 * (row.arrival_price - SEED['entry']), rel=1e-9)
+    rates = {bundled('kucoinfutures')['BTC/USDT:USDT'][k] for k in ('maker', 'taker')}
+    assert any(f.fee / (f.price * f.amount * 0.001) == pytest.approx(r, rel=1e-9) for r in rates)   # the venue charged on USDT notional
+    assert row.fees == pytest.approx(f.fee, rel=1e-12)
+    assert row.fees_bps == pytest.approx(f.fee / (result.size * 0.001 * SEED['entry']) * 1e4, rel=1e-9)   # on the paper notional in USDT
+
 async def test_seed_risk_at_the_stop_is_within_risk_per_trade():
     "risk_per_trade is 'equity lost if the stop is hit': the seed's stop (44,000) measured from the actual fill must respect it."
     c = await coordinator()

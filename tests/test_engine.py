@@ -291,3 +291,21 @@ async def test_emergency_stop_closes_positions_and_cancels_orders():
     assert bal['total'].get('BTC', 0.0) == pytest.approx(0.0, abs=1e-12) and bal['used']['USDT'] == pytest.approx(0.0, abs=1e-9)
     blocked = await clock.run(eng.execute_signal(sig(algo='market', size=0.01)))
     assert blocked.status == 'rejected'
+
+# ------------------------------------------------------------------ execution analytics see every order
+async def test_unfilled_order_is_in_the_execution_analytics():
+    "A limit buy far below the market times out unfilled: the analytics record it, its shortfall all opportunity cost."
+    eng, paper, clock, df, events = build(overrides={'execution': {'default_execution_algo': 'market', 'timeout_action': 'cancel'}})
+    await feed(eng, clock, events[:5])
+    parent = await eng.orders.execute(OrderRequest('BTC/USDT', 'buy', 0.01, algo='limit', limit_price=40_000.0, venue='binance',
+                                                   params={'timeout': 90}), venue='binance', wait=False)
+    await feed(eng, clock, events[5:8])   # the timeout falls between the 6th and the 7th bar
+    assert parent.is_terminal and parent.filled == 0
+    row = eng.analytics.orders().loc[parent.id]
+    # by hand: arrival at the 5th close, end at the 6th (the last price seen when the timeout fired)
+    close = df.close.to_numpy()
+    assert (row.arrival_price, row.end_price) == (close[4], close[5])
+    assert row.fill_rate == 0 and row.filled == 0 and row.notional == 0
+    assert row.opportunity_cost == pytest.approx(0.01 * (close[5] - close[4]), rel=1e-12)
+    assert row.execution_cost == 0 and row.fees == 0
+    assert row.shortfall == pytest.approx(0.01 * (close[5] - close[4]), rel=1e-12)

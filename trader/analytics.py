@@ -20,7 +20,7 @@ __all__ = ['ALLOWED_BY_URGENCY', 'JOURNAL_KIND', 'ExecutionRecord', 'Implementat
            'estimate_market_impact', 'market_conditions', 'MarketSnapshot', 'SelectionPolicy', 'AlgoChoice',
            'choose_by_rules', 'summarize_executions', 'execution_recommendations', 'ExecutionAnalytics']
 
-# %% ../nbs/30_analytics.ipynb #7a85dafb
+# %% ../nbs/30_analytics.ipynb #23bbcd83
 def _positive(owner:str, name:str, x, optional:bool=False) -> float|None:
     return None if x is None and optional else positive_number(f"{owner}.{name}", x, what='a positive finite number')
 
@@ -30,7 +30,7 @@ class ExecutionRecord:
     order_id: str
     symbol: str
     side: Side
-    amount: float                 # intended, base
+    amount: float                 # intended, in the venue's unit: base, or contracts for derivatives (see contract_size)
     decision_price: float         # signal's entry or mid when the signal was made
     decision_time: int            # ms
     arrival_price: float          # mid when the order reached the venue
@@ -47,13 +47,14 @@ class ExecutionRecord:
     status: str = 'filled'
     urgency: str = 'normal'
     market_vwap: float|None = None  # market VWAP over [arrival_time, end_time]; None: from recorded trades
+    contract_size: float = 1.0    # base per unit of amount: 1 for spot, the contract size for derivatives
 
     def __post_init__(self):
         fix, who = (lambda k, v: object.__setattr__(self, k, v)), f"ExecutionRecord {self.order_id}"
         split_symbol(self.symbol)
         try: fix('side', Side(self.side))
         except ValueError: raise ValueError(f"{who}.side: must be 'buy' or 'sell', got {self.side!r}") from None
-        for k in ('amount', 'decision_price', 'arrival_price', 'end_price'): fix(k, _positive(who, k, getattr(self, k)))
+        for k in ('amount', 'decision_price', 'arrival_price', 'end_price', 'contract_size'): fix(k, _positive(who, k, getattr(self, k)))
         for k in ('limit_price', 'bid', 'ask', 'market_vwap'): fix(k, _positive(who, k, getattr(self, k), optional=True))
         if not self.decision_time <= self.arrival_time <= self.end_time:
             raise ValueError(f"{who}: times must satisfy decision_time <= arrival_time <= end_time, got "
@@ -70,7 +71,7 @@ class ExecutionRecord:
     @property
     def fill_rate(self) -> float: return min(self.filled / self.amount, 1.0)
     @property
-    def notional(self) -> float: return math.fsum(f.cost for f in self.fills)
+    def notional(self) -> float: return math.fsum(f.cost for f in self.fills) * self.contract_size   # in quote
     @property
     def average_price(self) -> float|None: return self.notional / self.filled if self.fills else None
     @property
@@ -103,7 +104,7 @@ class ExecutionRecord:
                 f"filled {self.filled:g}, {self.status})")
     def _repr_markdown_(self): return f"**{self!r}**"
 
-# %% ../nbs/30_analytics.ipynb #6337d9de
+# %% ../nbs/30_analytics.ipynb #9054338b
 @dataclass(frozen=True)
 class ImplementationShortfall:
     "Perold's shortfall of one order, split into delay, execution, opportunity and fees (quote currency)."
@@ -133,10 +134,11 @@ def _fee_fraction(f:Fill) -> Fraction:
 
 def implementation_shortfall(r:ExecutionRecord) -> ImplementationShortfall:
     "Perold / Wagner decomposition of `r`'s shortfall; parts are exact before the final float conversion."
-    s, X = r.side.sign, Fraction(r.amount)
+    s, cs = r.side.sign, Fraction(r.contract_size)   # amounts in base: contracts x contract size
+    X = Fraction(r.amount) * cs
     Pd, Pa, Pe = Fraction(r.decision_price), Fraction(r.arrival_price), Fraction(r.end_price)
-    x = sum((Fraction(f.amount) for f in r.fills), Fraction(0))
-    C = sum((Fraction(f.price) * Fraction(f.amount) for f in r.fills), Fraction(0))
+    x = sum((Fraction(f.amount) for f in r.fills), Fraction(0)) * cs
+    C = sum((Fraction(f.price) * Fraction(f.amount) for f in r.fills), Fraction(0)) * cs
     F = sum((_fee_fraction(f) for f in r.fills), Fraction(0))
     paper, real = s * X * (Pe - Pd), s * (x * Pe - C) - F
     parts = dict(delay=s * X * (Pa - Pd), execution=s * (C - x * Pa), opportunity=s * (X - x) * (Pe - Pa), fees=F)
@@ -144,7 +146,7 @@ def implementation_shortfall(r:ExecutionRecord) -> ImplementationShortfall:
     return ImplementationShortfall(**{k: float(v) for k, v in parts.items()}, total=float(paper - real),
                                    paper_notional=float(X * Pd), paper_return=float(paper), real_return=float(real))
 
-# %% ../nbs/30_analytics.ipynb #1e6d709d
+# %% ../nbs/30_analytics.ipynb #4a6dd2ea
 def slippage_bps(price:float|None, reference:float|None, side:Side|str) -> float:
     "Signed cost of `price` against `reference` in bps: positive when a buy paid more or a sell got less."
     if price is None or reference is None: return math.nan
@@ -159,7 +161,7 @@ def execution_metrics(r:ExecutionRecord, reference_bps:float=10.0) -> dict:
     IS, avg, far = implementation_shortfall(r), r.average_price, (r.ask if r.side is Side.BUY else r.bid)
     first = min((f.timestamp for f in r.fills), default=None)
     row = dict(order_id=r.order_id, symbol=r.symbol, side=r.side.value, venue=r.venue, algo=r.algo, strategy=r.strategy,
-               urgency=r.urgency, status=r.status, amount=r.amount, filled=r.filled, fill_rate=r.fill_rate,
+               urgency=r.urgency, status=r.status, amount=r.amount, filled=r.filled, contract_size=r.contract_size, fill_rate=r.fill_rate,
                average_price=math.nan if avg is None else avg, notional=r.notional, paper_notional=IS.paper_notional,
                decision_price=r.decision_price, arrival_price=r.arrival_price, end_price=r.end_price,
                market_vwap=math.nan if r.market_vwap is None else r.market_vwap,
@@ -331,10 +333,10 @@ def choose_by_rules(side:Side|str, amount:float, urgency:Urgency|str, m:MarketSn
     return out(A.TWAP, f"{deeper}: spread it over {minutes:.0f} min at {pct(rate)} of {m.volume_per_minute:g}/min traded",
                duration_s=round(minutes * 60), slices=max(2, min(60, round(minutes))), participation=rate)
 
-# %% ../nbs/30_analytics.ipynb #1429989e
+# %% ../nbs/30_analytics.ipynb #3c86a866
 def summarize_executions(orders:pd.DataFrame, by:str|list[str]) -> pd.DataFrame:
     "Count, filled amount, notional, slippage, shortfall, fill rate and fees of `orders` grouped `by`."
-    g = orders.assign(filled_value=orders.filled * orders.decision_price).groupby(by, sort=True)
+    g = orders.assign(filled_value=orders.filled * orders.contract_size * orders.decision_price).groupby(by, sort=True)
     out = pd.DataFrame({'orders': g.size(), 'filled_amount': g.filled.sum(), 'notional': g.notional.sum(),
                         'mean_slippage_bps': g.slippage_arrival_bps.mean(), 'median_slippage_bps': g.slippage_arrival_bps.median(),
                         'mean_vwap_slippage_bps': g.slippage_vwap_bps.mean(),

@@ -285,7 +285,7 @@ def _base_markets(client, symbol, cs):
 
 for _f in (_client, contract_size, venue_amount, _round_base, equity, _risk_numbers, risk_state): setattr(LiveTradingEngine, _f.__name__, _f)
 
-# %% ../nbs/54_engine.ipynb #7f881e14
+# %% ../nbs/54_engine.ipynb #54422f69
 async def _on_exit_request(self, req:ExitRequest):
     pos = self.positions.positions.get(req.position_id)
     venue = req.venue if req.venue in self.orders.clients else (pos.venue if pos is not None and pos.venue in self.orders.clients else None)
@@ -340,8 +340,8 @@ def _on_execution_event(self, ev):
     elif isinstance(ev, ExecutionCompleted):
         p = ev.parent
         self._journal('parent_order', p.to_dict(), key=p.id)
-        if self.analytics is not None and p.filled > 0 and p.arrival_time is not None:
-            try: self.analytics.on_execution_completed(ExecutionRecord(**p.to_execution_record()))
+        if self.analytics is not None and p.arrival_time is not None:   # unfilled orders too: their shortfall is all opportunity cost
+            try: self.analytics.on_execution_completed(ExecutionRecord(**p.to_execution_record(), contract_size=self.contract_size(p.symbol, p.venue)))
             except Exception as e: log.warning("analytics could not record %s: %s", p.id, e)
 
 def _on_risk_event(self, ev):
