@@ -309,3 +309,20 @@ async def test_unfilled_order_is_in_the_execution_analytics():
     assert row.opportunity_cost == pytest.approx(0.01 * (close[5] - close[4]), rel=1e-12)
     assert row.execution_cost == 0 and row.fees == 0
     assert row.shortfall == pytest.approx(0.01 * (close[5] - close[4]), rel=1e-12)
+
+async def test_entries_still_working_count_as_deployed_capital():
+    "Strategy 's' has 0.5 x 10,000 USDT: an entry still working holds its share, so a second entry gets only what is left."
+    eng, paper, clock, df, events = build(overrides={'risk': {'max_position_fraction': 0.45}})
+    await feed(eng, clock, events[:5])
+    first = asyncio.ensure_future(eng.execute_signal(sig(algo='limit')))
+    await clock.settle()
+    (working,) = eng.orders.active_orders                       # a passive buy at the touch: no bar has come to fill it
+    assert not first.done() and working.filled == 0
+    mark = df.close.iloc[4]
+    # risk sizes it at 1% of equity over |mark - stop|: 100 / (58,298.01 - 57,000) = 0.077041 BTC, about 4,491 USDT
+    assert working.amount == pytest.approx(math.floor(100 / (mark - 57_000) * 1e5) / 1e5, abs=1e-5)
+    second = await clock.run(eng.execute_signal(sig(algo='market')))
+    left = 0.5 * 10_000 - working.amount * mark                 # what the strategy has not committed, about 509 USDT
+    assert second.status == 'filled' and second.size <= left / 58_000 + 1e-12
+    assert second.size == pytest.approx(math.floor(left / 58_000 * 1e5) / 1e5, abs=1e-5)
+    first.cancel()

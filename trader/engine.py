@@ -26,9 +26,9 @@ MODES = ('simulation', 'paper', 'live')
 
 # %% auto #0
 __all__ = ['log', 'MODES', 'ExecutionResult', 'LiveTradingEngine', 'register_strategy', 'as_signal', 'submit', 'handle',
-           'execute_signal', 'contract_size', 'venue_amount', 'equity', 'risk_state', 'check_positions', 'update_pnl',
-           'check_risk', 'record_performance', 'run_due', 'start_live_trading', 'step', 'on_market_event', 'drain',
-           'stop_live_trading', 'emergency_stop']
+           'execute_signal', 'exposure_rows', 'contract_size', 'venue_amount', 'equity', 'risk_state',
+           'check_positions', 'update_pnl', 'check_risk', 'record_performance', 'run_due', 'start_live_trading', 'step',
+           'on_market_event', 'drain', 'stop_live_trading', 'emergency_stop']
 
 # %% ../nbs/54_engine.ipynb #855741d5
 @dataclass
@@ -48,7 +48,7 @@ class ExecutionResult:
         what = '' if self.signal is None else f"{self.signal.strategy} {self.signal.side} {self.signal.symbol}: "
         return f"ExecutionResult({what}{self.status}, size {self.size:g}{'; ' + '; '.join(self.reasons) if self.reasons else ''})"
 
-# %% ../nbs/54_engine.ipynb #57834492
+# %% ../nbs/54_engine.ipynb #c4ae4c2e
 class LiveTradingEngine:
     "Runs registered strategies' signals through risk, allocation, execution and position management."
     def __init__(self, order_manager, positions, risk, portfolio, *, clock:Clock, config:TraderConfig|None=None,
@@ -75,6 +75,7 @@ class LiveTradingEngine:
         self._holdings, self._balances_stale, self._only_quote, self._risk_equity = None, True, False, None
         self._submitted: dict[int, float] = {}   # id(signal) -> perf_counter at submission, for latency
         self._exit_failures: dict[str, int] = {}
+        self._working_entries: dict[int, tuple] = {}   # entries approved and not yet done: (symbol, strategy, side, notional) rows
         self._last_trip: str|None = None
         self.latencies: list[float] = []     # seconds from a signal's submission to its first order
         self.counts = {'events': 0, 'signals': 0, 'rejected': 0, 'orders': 0, 'exits': 0, 'errors': 0}
@@ -167,7 +168,7 @@ def handle(self, ev:MarketEvent) -> None:
 
 LiveTradingEngine.handle = handle
 
-# %% ../nbs/54_engine.ipynb #ae3bbd79
+# %% ../nbs/54_engine.ipynb #93dee33f
 async def execute_signal(self, signal, allocation_size:float|None=None) -> ExecutionResult:
     "Run one signal through risk, allocation, execution and position management."
     try: signal = self.as_signal(signal)
@@ -175,11 +176,18 @@ async def execute_signal(self, signal, allocation_size:float|None=None) -> Execu
     if signal.intent is SignalIntent.EXIT: return self._exit_for_signal(signal)
     decision = self.risk.validate(signal, self.risk_state(signal))
     if not decision.approved: return self._reject(signal, decision.reasons)
-    self.portfolio.update_deployed(self.positions.risk_rows())
+    self.portfolio.update_deployed(self.exposure_rows())
     try: size = self.portfolio.allocate(signal, decision.size, allocation_size)
     except PortfolioError as e: return self._reject(signal, decision.reasons + [f"portfolio: {e}"])
     if not size or size <= 0: return self._reject(signal, decision.reasons + [f"portfolio: no capital left for strategy {signal.strategy!r}"])
-    return await self._execute_entry(signal, size, decision.reasons)
+    key = id(signal)   # the capital is taken before the first await: a signal behind this one sees it deployed
+    self._working_entries[key] = (signal.symbol, signal.strategy, signal.side.value, size * (self.marks.get(signal.symbol) or signal.entry))
+    try: return await self._execute_entry(signal, size, decision.reasons)
+    finally: self._working_entries.pop(key, None)
+
+def exposure_rows(self) -> list[tuple[str, str, str, float]]:
+    "Open positions and entries still executing, as (symbol, strategy, side, notional) rows: what risk and allocation count as deployed."
+    return self.positions.risk_rows() + list(self._working_entries.values())
 
 def _exit_for_signal(self, signal:Signal) -> ExecutionResult:
     reqs = self.positions.exit_signal(signal.symbol, signal.strategy)
@@ -232,9 +240,9 @@ def _mark_latency(self, signal:Signal):
     t0 = self._submitted.pop(id(signal), None)
     if t0 is not None: self.latencies.append(time.perf_counter() - t0)
 
-for _f in (execute_signal, _exit_for_signal, _execute_entry, _failed, _fit_to_cash, _mark_latency): setattr(LiveTradingEngine, _f.__name__, _f)
+for _f in (execute_signal, exposure_rows, _exit_for_signal, _execute_entry, _failed, _fit_to_cash, _mark_latency): setattr(LiveTradingEngine, _f.__name__, _f)
 
-# %% ../nbs/54_engine.ipynb #4ba86b34
+# %% ../nbs/54_engine.ipynb #c270d8c9
 def _client(self, venue:str|None, symbol:str):
     if venue in self.orders.clients: return self.orders.clients[venue]
     return next((c for c in self.orders.clients.values() if symbol in (c.markets or {})), None)
@@ -270,7 +278,7 @@ def risk_state(self, signal:Signal|None=None) -> RiskState:
     sym = signal.symbol if signal is not None else None
     client = self._client(venue, sym) if sym else None
     mult = self.regimes.size_multiplier(sym) if self.regimes is not None and sym in self.regimes else 1.0
-    return RiskState(eq, hwm, day_start, tuple(self.positions.risk_rows()),
+    return RiskState(eq, hwm, day_start, tuple(self.exposure_rows()),
                      amount_to_precision=lambda s, a: self._round_base(s, a, venue),
                      markets=_base_markets(client, sym, self.contract_size(sym, venue)) if client is not None else None, size_multiplier=mult,
                      price=self.marks.get(sym))
