@@ -326,3 +326,16 @@ async def test_entries_still_working_count_as_deployed_capital():
     assert second.status == 'filled' and second.size <= left / 58_000 + 1e-12
     assert second.size == pytest.approx(math.floor(left / 58_000 * 1e5) / 1e5, abs=1e-5)
     first.cancel()
+
+async def test_entry_cut_below_the_venue_minimum_is_rejected_not_failed():
+    "Cash locked in a resting order leaves ~2 USDT free: the entry, cut to what that pays, is under Binance's 5 USDT minimum notional."
+    eng, paper, clock, df, events = build()
+    await feed(eng, clock, events[:5])
+    await paper.create_order('BTC/USDT', 'limit', 'buy', 0.2497, 40_000.0)   # holds 0.2497 x 40,000 x (1 + fee) of the 10,000 USDT
+    free = (await paper.fetch_balance())['USDT']['free']
+    assert 0 < free < 5
+    errors = eng.counts['errors']
+    r = await clock.run(eng.execute_signal(sig(algo='market')))
+    assert r.status == 'rejected' and 'which the venue refuses' in r.reasons[-1] and 'notional' in r.reasons[-1], r.reasons
+    assert eng.counts['errors'] == errors and eng.risk.breaker.errors == 0   # a sizing outcome, not a venue error: the breaker does not count it
+    assert not eng.orders.parents                                                 # nothing was sent
