@@ -244,3 +244,20 @@ async def test_cancel_mid_flight_leaves_nothing_open(events, algo):
     n = len(p.children)
     await sim.feed_until(sim.clock.time() + 120)                           # nothing more is sent afterwards
     assert len(p.children) == n and await sim.open_orders() == []
+
+async def test_limit_on_bars_is_not_repriced_while_the_price_stands(events):
+    "On candles alone the touch is the last close: a passive sell rests a tick above it and is re-placed only when a new close moves away."
+    df = load_candles(SYMBOL, '2024-08-08 23:30', '2024-08-09 00:30')
+    bars = candles_to_bars(df, SYMBOL, venue='binance')
+    sim = Sim(bars, execution=ExecutionConfig(order_timeout=600), algorithms=AlgorithmConfig(limit_reprice_interval=10))
+    await sim.feed_until(event_time(bars[0]) / 1000 + 1)
+    start = sim.clock.time()
+    p = await sim.manager.execute(OrderRequest(SYMBOL, 'sell', 0.01), algo='limit', wait=False)
+    await sim.feed_until(start + 55)                  # five reprice checks, no new bar: nothing to move for
+    (child,) = p.children
+    assert child.price == pytest.approx(df.close.iloc[0] + 0.01) and child.created_at == round(start * 1000)
+    await sim.feed_until(start + 600)
+    # every re-placement follows a new price: no two children in a row at the same price
+    prices = [c.price for c in p.children]
+    assert all(a != b for a, b in zip(prices, prices[1:])), prices
+    await sim.manager.cancel_order(p.id)

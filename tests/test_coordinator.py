@@ -282,7 +282,10 @@ async def test_the_loop_returns_when_its_duration_ends_with_an_order_working():
     (parent,) = eng.orders.parents.values()
     assert summary['events'] == sum(e.close_time <= t0 + 600_000 for e in c.feed.events)   # ten minutes of both symbols
     assert 0 < parent.filled < 0.01                                  # it was still slicing when the ten minutes ended
-    assert eng.clock.time() * 1000 - t0 == (600 + 30) * 1000           # the stop's 30 s grace passed on the simulated clock
+    dt = eng.clock.time() * 1000 - t0
+    assert (600 + 30) * 1000 <= dt <= (600 + 31) * 1000              # the stop's 30 s grace passed on the simulated clock, then the cancel
+    assert parent.status == 'canceled' and not eng.orders.active_orders   # what was left is cancelled, and what filled is booked
+    assert [p.amount for p in eng.positions.open_positions()] == [pytest.approx(parent.filled, abs=1e-12)]
 
 @pytest.mark.timeout(60)
 async def test_emergency_shutdown_with_signals_queued_on_a_stopped_engine_returns():

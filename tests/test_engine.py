@@ -339,3 +339,21 @@ async def test_entry_cut_below_the_venue_minimum_is_rejected_not_failed():
     assert r.status == 'rejected' and 'which the venue refuses' in r.reasons[-1] and 'notional' in r.reasons[-1], r.reasons
     assert eng.counts['errors'] == errors and eng.risk.breaker.errors == 0   # a sizing outcome, not a venue error: the breaker does not count it
     assert not eng.orders.parents                                                 # nothing was sent
+
+async def test_stop_cancels_orders_still_working_and_books_their_fills():
+    "A 30-minute TWAP entry is still slicing when the engine stops: stop cancels the rest on the venue and books the slices that filled."
+    eng, paper, clock, df, events = build(slice_=('2024-08-05 00:00', '2024-08-05 01:00'))
+    await feed(eng, clock, events[:5])
+    await eng.start_live_trading('simulation')
+    assert eng.submit(sig(algo='twap')) is None
+    for ev in events[5:16]:                                     # ten more minutes of market: slices at 0 and 5 minutes
+        await clock.advance_to(ev.close_time / 1000); await eng.on_market_event(ev)
+    (parent,) = eng.orders.active_orders
+    assert 0 < parent.filled < parent.amount
+    await clock.run(eng.stop_live_trading(grace=1))
+    assert not eng.orders.active_orders and parent.status == 'canceled'
+    assert await paper.fetch_open_orders() == []
+    (pos,) = eng.positions.open_positions()
+    assert pos.amount == pytest.approx(parent.filled, abs=1e-12)
+    bal = await paper.fetch_balance()
+    assert bal['total']['BTC'] == pytest.approx(parent.filled, abs=1e-12) and bal['used'].get('USDT', 0.0) == pytest.approx(0.0, abs=1e-9)

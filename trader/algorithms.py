@@ -11,7 +11,7 @@ from .orders import (ExecutionContext, MarketView, OrderValidationError, ParentO
 __all__ = ['EPS', 'ALGORITHMS', 'ExecutionAlgorithm', 'MarketExecution', 'LimitExecution', 'IcebergExecution', 'TWAPExecution',
            'StopLimitExecution', 'OCOExecution', 'POVExecution']
 
-# %% ../nbs/11_algorithms.ipynb #46132ef7
+# %% ../nbs/11_algorithms.ipynb #c389afd4
 EPS = 1e-9
 
 class ExecutionAlgorithm:
@@ -64,14 +64,15 @@ class ExecutionAlgorithm:
             status = ParentStatus.COMPLETED if ok else ParentStatus.FAILED
         self.ctx.finish(status, reason)
 
-    def passive_price(self) -> float|None:
-        "Join (or improve by `limit_improve_ticks`) our side's touch, never crossing, never beyond the tolerance from arrival."
+    def passive_price(self, improve_ticks:int|None=None) -> float|None: # default: the `improve_ticks` param, else `limit_improve_ticks`
+        "Join (or improve by `improve_ticks`) our side's touch, never crossing, never beyond the tolerance from arrival."
         p, v, tick = self.parent, self.ctx.view, self.ctx.tick
         touch, far = v.touch(p.side.value), v.far_touch(p.side.value)
         if p.limit_price: return p.limit_price
         if touch is None: return None
         s = p.side.sign
-        price = touch + s * self.ctx.param('improve_ticks', self.config.limit_improve_ticks) * tick
+        ticks = self.ctx.param('improve_ticks', self.config.limit_improve_ticks) if improve_ticks is None else improve_ticks
+        price = touch + s * ticks * tick
         if far is not None and (far - price) * s <= 0: price = far - s * tick
         if p.arrival_price:
             cap = p.arrival_price * (1 + s * self.execution.max_slippage_tolerance)
@@ -112,7 +113,7 @@ class MarketExecution(ExecutionAlgorithm):
         rejected = [c.reason for c in p.children if c.status is OrderStatus.REJECTED]
         await self.finish(self.reason_left(f"rejected: {rejected[0]}" if rejected and not p.filled else why))
 
-# %% ../nbs/11_algorithms.ipynb #87a29b30
+# %% ../nbs/11_algorithms.ipynb #4171eba9
 class LimitExecution(ExecutionAlgorithm):
     "A passive limit at the touch, repriced when the market moves away, with a timeout."
     name = 'limit'
@@ -149,9 +150,9 @@ class LimitExecution(ExecutionAlgorithm):
         elif self.now >= self.priced_at + self.interval - EPS: await self.reprice()
 
     def moved_away(self, child:Order) -> bool:
-        "Whether our side's best price is now better than `child`'s."
-        touch = self.ctx.view.touch(self.parent.side.value)
-        return touch is not None and (touch - child.price) * self.parent.side.sign > EPS * touch
+        "Whether joining our side now would quote a better price than `child`'s (on candles alone: the last close, less a tick for a buy)."
+        join = self.passive_price(improve_ticks=0)
+        return join is not None and (join - child.price) * self.parent.side.sign > EPS * join
 
     async def reprice(self):
         working = self.parent.working_children

@@ -471,7 +471,7 @@ def _job_failed(self, job:str, e:Exception):
 for _f in (_intervals, check_positions, update_pnl, _must_fetch, _fetch_balances, _revalue, check_risk, record_performance, run_due,
            _take_due, _run_jobs_now, _run_job, _run_job_sync, _job_failed): setattr(LiveTradingEngine, _f.__name__, _f)
 
-# %% ../nbs/54_engine.ipynb #d26e25eb
+# %% ../nbs/54_engine.ipynb #b1dfd6e2
 async def start_live_trading(self, mode:str='paper'):
     "Start consuming signals (and, outside simulation, the monitoring loops)."
     if mode not in MODES: raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
@@ -536,9 +536,13 @@ async def drain(self, timeout:float|None=None) -> bool:
     return True
 
 async def stop_live_trading(self, grace:float=30.0):
-    "Stop: let executions in flight finish (up to `grace` seconds), cancel and await every task, flush the journal."
+    "Stop: let executions in flight finish (up to `grace` seconds), cancel orders still working, cancel and await every task, flush the journal."
     if not self.running: return
     await self.drain(grace)
+    if working := [p.id for p in self.orders.active_orders]:
+        log.warning("stopping with %d order(s) still working %s: cancelling them on the venues", len(working), working)
+        await self.orders.stop()       # no order is left on a venue with nothing driving it
+        await self.drain(grace)        # the entries they belonged to book what filled
     for t in [*self._loops, *self._tasks]: t.cancel()
     await asyncio.gather(*self._loops, *self._tasks, return_exceptions=True)
     self._loops, self.running = [], False
