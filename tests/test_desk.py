@@ -71,6 +71,14 @@ async def started(d):
     assert await d.wait_for(lambda: d.engine.counts['events'] >= 4, timeout=5)
     return d
 
+async def submit_twap_entry(d):
+    "Start the desk and submit a 0.02 BTC TWAP buy from the form (stop 10 % under the mark, target 20 % over); the submission's task."
+    await started(d)
+    mark = d.engine.marks['BTC/USDT']
+    d.algo.value, d.amount.value = 'twap', '0.02'
+    d.stop_price.value, d.target_price.value = f'{mark * 0.9:.2f}', f'{mark * 1.2:.2f}'
+    return d.on_submit()
+
 def closes_before(ts_ms:int, n:int=2) -> list[float]:
     "Closes of the last `n` BTC/USDT minute bars complete at `ts_ms`, read from the raw candles."
     raw = load_candles('BTC/USDT', '2024-08-05 06:00', '2024-08-05 09:00')
@@ -156,11 +164,7 @@ async def test_close_button_requests_an_exit_through_the_engine(desk):
     assert desk.close_position(pid) is None                           # closed: nothing more to do
 
 async def test_cancel_button_cancels_a_working_order(desk):
-    await started(desk)
-    mark = desk.engine.marks['BTC/USDT']
-    desk.algo.value, desk.amount.value = 'twap', '0.02'
-    desk.stop_price.value, desk.target_price.value = f'{mark * 0.9:.2f}', f'{mark * 1.2:.2f}'
-    task = desk.on_submit()
+    task = await submit_twap_entry(desk)
     assert await desk.wait_for(lambda: desk.engine.orders.active_orders, timeout=5)
     parent = desk.engine.orders.active_orders[0]
     desk.refresh(force=True)
@@ -235,11 +239,7 @@ async def test_mode_switch_only_while_stopped(desk):
     assert 'simulation' in desk.status.value
 
 async def test_emergency_stop_closes_an_entry_it_canceled_part_filled(desk):
-    await started(desk)
-    mark = desk.engine.marks['BTC/USDT']
-    desk.algo.value, desk.amount.value = 'twap', '0.02'
-    desk.stop_price.value, desk.target_price.value = f'{mark * 0.9:.2f}', f'{mark * 1.2:.2f}'
-    task = desk.on_submit()
+    task = await submit_twap_entry(desk)
     assert await desk.wait_for(lambda: desk.engine.orders.active_orders and desk.engine.orders.active_orders[0].filled > 0, timeout=5)
     s = await desk.emergency_stop()
     r = await task

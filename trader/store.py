@@ -19,7 +19,7 @@ from .core import (Fill, Order, OrderEvent, OrderAccepted, OrderRejected, OrderF
 __all__ = ['SECRET_KEYS', 'ORDER_EVENTS', 'encode', 'decode_fill', 'encode_order_event', 'decode_order_event', 'JournalEntry',
            'Journal', 'JournalState', 'order_record', 'position_record', 'rebuild_state']
 
-# %% ../nbs/51_store.ipynb #f51fd24a
+# %% ../nbs/51_store.ipynb #0dc6dbdb
 SECRET_KEYS = frozenset({'apikey', 'api_key', 'secret', 'password', 'privatekey', 'private_key', 'token', 'passphrase'})
 
 _SCALARS = frozenset({str, int, float, bool, type(None)})
@@ -45,13 +45,14 @@ def _plain(x:Any, path:str='payload') -> Any:
         out[k] = v if type(v) in _SCALARS else _plain(v, f"{path}.{k}")
     return out
 
-_SECRET_END = re.compile(rb'(?:key|secret|password|token|passphrase)":')   # how every secret key ends, in lower case
-_SECRET_KEY = re.compile(rb'[{,]"(?i:' + b'|'.join(k.encode() for k in sorted(SECRET_KEYS)) + rb')":')
+_SECRET_NAMES = b'|'.join(re.escape(k.encode()) for k in sorted(SECRET_KEYS))
+_SECRET_END = re.compile(b'(?:' + _SECRET_NAMES + b')":')                 # a secret's name closing a key, on lower-cased text
+_SECRET_KEY = re.compile(rb'[{,]"(?i:' + _SECRET_NAMES + rb')":')         # exactly a key: quoted after `{` or `,`
 
 def encode(payload:Any) -> str:
     "JSON for `payload` (dataclasses and enums made plain); raises if it holds credentials."
     text = orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY)
-    if _SECRET_END.search(text.lower()) and _SECRET_KEY.search(text):   # the first test is cheap and rarely passes
+    if _SECRET_END.search(text.lower()) and _SECRET_KEY.search(text):   # the first test is the cheaper one and rarely passes
         _plain(payload)   # raises, naming the path
         raise ValueError("journal: refusing to store a payload with a credential's key: credentials never go to the journal")
     return text.decode()
