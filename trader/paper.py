@@ -25,8 +25,14 @@ log = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['log', 'PaperOrder', 'PaperExchange']
 
-# %% ../nbs/05_paper.ipynb #f7b6cde4
-_iso = ccxt.Exchange.iso8601
+# %% ../nbs/05_paper.ipynb #f54febcd
+_last_iso = [None, None]
+def _iso(ms) -> str|None:
+    "ccxt's `iso8601`, remembering the last one (a burst of structures shares a timestamp)."
+    if type(ms) is int and ms == _last_iso[0]: return _last_iso[1]
+    out = ccxt.Exchange.iso8601(ms)
+    if type(ms) is int: _last_iso[:] = [ms, out]
+    return out
 
 def _copy_trade(t:dict) -> dict:
     return {**t, 'fee': dict(t['fee']), 'fees': [dict(f) for f in t['fees']], 'info': dict(t['info'])}
@@ -85,7 +91,17 @@ class PaperOrder:
                 'triggerPrice': None, 'stopPrice': None, 'takeProfitPrice': None, 'stopLossPrice': None,
                 'info': {'venue': 'paper', 'queueAhead': self.queue_ahead}}
 
-# %% ../nbs/05_paper.ipynb #85f22aac
+    def report(self) -> dict:
+        "The fields of `to_ccxt` that say where the order stands (status, amounts, fee, trades), without the copies: read only."
+        prices = {t['price'] for t in self.trades}
+        avg = None if not self.filled else prices.pop() if len(prices) == 1 else self.cost / (self.filled * self.contract_size)
+        return {'id': self.id, 'clientOrderId': self.client_order_id, 'timestamp': self.timestamp,
+                'lastTradeTimestamp': self.last_trade_timestamp, 'lastUpdateTimestamp': self.last_update_timestamp,
+                'symbol': self.symbol, 'type': self.type, 'side': self.side, 'price': self.price if self.type == 'limit' else avg,
+                'average': avg, 'amount': self.amount, 'filled': self.filled, 'remaining': self.remaining, 'cost': self.cost,
+                'status': self.status, 'fee': {'cost': self.fee, 'currency': self.quote}, 'trades': self.trades}
+
+# %% ../nbs/05_paper.ipynb #0cc9682e
 class PaperExchange(LinearVenue):
     "A simulated spot and linear-perpetual venue with ccxt's unified async API, fed market events through `on_market`."
     def __init__(self, exchange_id:str='binance', # the venue whose markets, precision and fees it mimics
@@ -103,7 +119,7 @@ class PaperExchange(LinearVenue):
         self.id, self.exchange_id, self.latency, self.jitter, self.fees = id, exchange_id, latency, jitter, fees
         self.clock = clock or WallClock()
         self.rng = np.random.default_rng(seed)
-        self._precision = _offline_ccxt(exchange_id, markets)
+        self._precision, self._rounding = _offline_ccxt(exchange_id, markets), {}
         self.markets = self._precision.markets
         self.symbols = sorted(self.markets)
         self._total = {k: float(v) for k, v in ({'USDT': 10_000.0} if balances is None else balances).items()}
@@ -131,6 +147,11 @@ class PaperExchange(LinearVenue):
            'watchMyTrades': True, 'editOrder': False, 'fetchPositions': True,
            'fetchPosition': True, 'setLeverage': True, 'fetchLeverage': True}
 
+    @property
+    def immediate(self) -> bool:
+        "Whether a request is answered at once, without waiting on the clock (no latency, no jitter)."
+        return self.latency == 0 and self.jitter == 0
+
     def __repr__(self):
         return (f"PaperExchange({self.exchange_id} markets, {len(self._open)} open orders, "
                 f"{len(self._trades)} trades, total {self._total})")
@@ -142,7 +163,7 @@ def _offline_ccxt(exchange_id:str, markets:dict) -> ccxt.Exchange:
     ex.set_markets(markets)
     return ex
 
-# %% ../nbs/05_paper.ipynb #e4e47f2f
+# %% ../nbs/05_paper.ipynb #8caf40f8
 @patch
 async def load_markets(self:PaperExchange, reload:bool=False, params:dict={}) -> dict:
     "The markets (already loaded)."
@@ -160,15 +181,27 @@ def market(self:PaperExchange, symbol:str) -> dict:
         raise BadSymbol(f"{self.id} does not have market symbol {symbol!r}; it lists {len(self.markets)}, e.g. {self.symbols[:5]}")
     return self.markets[symbol]
 
+def _rounded(ex:PaperExchange, how:str, symbol:str, x) -> str:
+    "ccxt's `how` ('amount' or 'price') rounding of `x`, remembered per (symbol, float): ccxt's string work is costly and orders repeat sizes."
+    key = (how, symbol, x)
+    if type(x) is not float or x == 0: key = None   # only floats, whose equality is identity here (not 0.0 == -0.0, 1 == 1.0)
+    elif (hit := ex._rounding.get(key)) is not None: return hit
+    ex.market(symbol)
+    out = getattr(ex._precision, f"{how}_to_precision")(symbol, x)
+    if key is not None:
+        if len(ex._rounding) >= 100_000: ex._rounding.clear()
+        ex._rounding[key] = out
+    return out
+
 @patch
 def amount_to_precision(self:PaperExchange, symbol:str, amount) -> str:
     "ccxt's rounding of an amount: truncate to the market's step."
-    self.market(symbol); return self._precision.amount_to_precision(symbol, amount)
+    return _rounded(self, 'amount', symbol, amount)
 
 @patch
 def price_to_precision(self:PaperExchange, symbol:str, price) -> str:
     "ccxt's rounding of a price: the nearest tick."
-    self.market(symbol); return self._precision.price_to_precision(symbol, price)
+    return _rounded(self, 'price', symbol, price)
 
 @patch
 def fee_rate(self:PaperExchange, symbol:str, taker_or_maker:str) -> float:
@@ -456,7 +489,7 @@ def _take(self:PaperExchange, o:PaperOrder, walk):
         if book is not None and (left := book.amount_at(book_side, price)) > 0: book.set_level(book_side, price, max(left - amount, 0.0))
         self._fill(o, price, amount, 'taker')
 
-# %% ../nbs/05_paper.ipynb #51d37b8d
+# %% ../nbs/05_paper.ipynb #a702f768
 @patch
 def _fill(self:PaperExchange, o:PaperOrder, price:float, amount:float, taker_or_maker:str):
     "Record one fill of `o`: trade, fee, balances, order state, events."
@@ -495,10 +528,11 @@ async def _wait_latency(self:PaperExchange):
 @patch
 async def create_order(self:PaperExchange, symbol:str, type:str, side:str, amount:float, price:float|None=None,
                        params:dict={}) -> dict:
-    "Place an order; ccxt's unified order structure as it stands after matching on arrival."
+    "Place an order; ccxt's unified order structure as it stands after matching on arrival (its lean `report` with `params={'leanReport': True}`)."
     args = self._validate(symbol, type, side, amount, price, params or {})
     await self._wait_latency()
-    return self._arrive(args).to_ccxt()
+    o = self._arrive(args)
+    return o.report() if (params or {}).get('leanReport') else o.to_ccxt()
 
 @patch
 async def create_market_order(self:PaperExchange, symbol, side, amount, price=None, params={}):
