@@ -14,9 +14,11 @@ from .clock import Clock, SimClock, ReplayClock
 from .data import SAMPLE_CANDLES, candles_to_bars, load_candles, sample_market_events, binance_market_events
 
 # %% auto #0
-__all__ = ['ReplayFeed', 'merge_events', 'replay_clock', 'candle_events', 'load_events']
+__all__ = ['Skip', 'ReplayFeed', 'merge_events', 'replay_clock', 'candle_events', 'load_events']
 
-# %% ../nbs/40_feed.ipynb #0e24c736
+# %% ../nbs/40_feed.ipynb #642a81d2
+Skip = Callable[[list, int, 'float|None'], int]
+
 class ReplayFeed:
     "Recorded market events delivered on a clock, in time order."
     def __init__(self, events:Iterable[MarketEvent], clock:Clock|None=None, progress:bool=False, total:int|None=None):
@@ -40,32 +42,47 @@ class ReplayFeed:
         "Whether the clock is at `t` without waiting (a simulated clock with nothing to run before it)."
         return self._sim and (t <= self.clock.time() or self.clock.jump_to(t))
 
-    async def __aiter__(self) -> AsyncIterator[MarketEvent]:
+    def __aiter__(self) -> AsyncIterator[MarketEvent]:
         "Events from where the last run stopped (a feed over a list resumes at its `position`)."
+        return self._deliver()
+
+    async def _deliver(self, skip:Skip|None=None, end:float|None=None) -> AsyncIterator[MarketEvent]:
         self._stopped = False
         bar = _progress_bar(self.total) if self.progress else None
-        events = self.events[self.position:] if isinstance(self.events, (list, tuple)) else self.events
         try:
-            for ev in events:
-                if self._stopped: break
-                t = event_time(ev) / 1000
-                if not self._now_at(t): await self._wait_for(t)
-                self.delivered += 1; self.position += 1
-                if bar is not None: bar.update(1)
-                yield ev
+            if not isinstance(self.events, (list, tuple)):
+                for ev in self.events:
+                    if self._stopped: break
+                    await self._at(ev, bar); yield ev
+                return
+            evs = self.events
+            while self.position < len(evs) and not self._stopped:
+                if skip is not None and (n := skip(evs, self.position, end)):
+                    await self._at(evs[self.position + n - 1], bar, n); continue
+                ev = evs[self.position]
+                if end is not None and event_time(ev) / 1000 > end: break
+                await self._at(ev, bar); yield ev
         finally:
             if bar is not None: bar.close()
 
+    async def _at(self, ev:MarketEvent, bar, n:int=1):
+        "Move the clock to `ev` and count it (with the `n - 1` events before it that were applied in bulk)."
+        t = event_time(ev) / 1000
+        if not self._now_at(t): await self._wait_for(t)
+        self.delivered += n; self.position += n
+        if bar is not None: bar.update(n)
+
     async def run(self, handler:Callable[[MarketEvent], Any], until:Callable[[], bool]|None=None,
-                  end:float|None=None) -> int: # stop before the first event after `end` (seconds on the clock)
+                  end:float|None=None,     # stop before the first event after `end` (seconds on the clock)
+                  skip:Skip|None=None      # `skip(events, i, end)`: how many events from `i` the consumer applied in bulk
+                 ) -> int:
         "Deliver events to `handler` (sync or async) until they run out, `until()` is true or time passes `end`."
-        n0, events, self.running = self.delivered, self.__aiter__(), True
+        n0, events, self.running = self.delivered, self._deliver(skip, end), True
         try:
             async for ev in events:
                 r = handler(ev)
                 if r is not None and inspect.isawaitable(r): await r
                 if until is not None and until(): break
-                if end is not None and self.position < len(self) and event_time(self.events[self.position]) / 1000 > end: break
         finally:
             self.running = False; await events.aclose()
         return self.delivered - n0

@@ -61,22 +61,32 @@ class ExitPolicy:
         if self.trailing_pct is not None and self.trailing_pct >= 1: raise PositionError(f"exit_policy.trailing_pct: must be below 1, got {self.trailing_pct}")
         if not (isinstance(self.atr_period, int) and self.atr_period > 0): raise PositionError(f"exit_policy.atr_period: must be a whole number > 0, got {self.atr_period!r}")
 
-# %% ../nbs/20_positions.ipynb #a1d72c80
+# %% ../nbs/20_positions.ipynb #600400d8
 class RollingATR:
     "Average true range: the simple mean of the last `period` true ranges."
     def __init__(self, period:int=14):
-        self.period, self._tr, self._sum, self._prev_close = period, deque(), 0.0, None
+        self.period, self._tr, self._prev_close, self._value = period, deque(maxlen=period), None, math.nan
 
     def update(self, high:float, low:float, close:float) -> float:
         "Add one bar; returns the ATR including it (NaN until `period` bars)."
         pc = self._prev_close
-        tr = high - low if pc is None else max(high - low, abs(high - pc), abs(low - pc))
-        self._tr.append(tr); self._sum += tr; self._prev_close = close
-        if len(self._tr) > self.period: self._sum -= self._tr.popleft()
+        self._tr.append(high - low if pc is None else max(high - low, abs(high - pc), abs(low - pc)))
+        self._prev_close, self._value = close, None
         return self.value
 
+    def extend(self, high:np.ndarray, low:np.ndarray, close:np.ndarray):
+        "Add many bars at once: the same state as `update` on each in turn."
+        if not len(close): return
+        pc = np.concatenate([[np.nan if self._prev_close is None else self._prev_close], close[:-1]])
+        tr = np.fmax(high - low, np.fmax(np.abs(high - pc), np.abs(low - pc)))   # fmax: the first bar ever has no previous close
+        self._tr.extend(tr[-self.period:].tolist())
+        self._prev_close, self._value = float(close[-1]), None
+
     @property
-    def value(self) -> float: return self._sum / self.period if len(self._tr) == self.period else math.nan
+    def value(self) -> float:
+        "The mean of the last `period` true ranges (an exact sum, so it depends on those bars alone)."
+        if self._value is None: self._value = math.fsum(self._tr) / self.period if len(self._tr) == self.period else math.nan
+        return self._value
 
 # %% ../nbs/20_positions.ipynb #1af0aa5a
 NO_EXIT, STOP, TARGET, TRAIL, TIME = 0, 1, 2, 3, 4

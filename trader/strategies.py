@@ -14,7 +14,7 @@ from .data import candles_to_bars
 # %% auto #0
 __all__ = ['Strategy', 'RollingWindow', 'MomentumStrategy', 'MeanReversionStrategy', 'BreakoutStrategy', 'run_online']
 
-# %% ../nbs/50_strategies.ipynb #d054b280
+# %% ../nbs/50_strategies.ipynb #3b3770ff
 class Strategy:
     "Base class: turns closed bars into entry and exit `Signal`s, online or vectorized."
     warmup: int = 1   # bars needed before the first decision
@@ -26,6 +26,7 @@ class Strategy:
         self.name, self.exchange = name or type(self).__name__, exchange
         if not 0 < stop_pct < 1: raise ValueError(f"{self.name}: stop_pct must be in (0, 1), got {stop_pct!r}")
         self._state: dict[str, dict] = {}
+        self._plans: dict[str, dict] = {}   # symbol -> {(close_time, venue): (enter, leave)} of a planned replay
 
     def state(self, symbol:str) -> dict:
         "Per-symbol online state (windows, whether in the market)."
@@ -34,8 +35,8 @@ class Strategy:
     def on_bar(self, bar:Bar) -> list[Signal]:
         "Signals for a closed `bar` of one of this strategy's symbols."
         if bar.symbol not in self.symbols: return []
-        st = self.state(bar.symbol)
-        enter, leave = self.decide(bar, st)
+        st, plan = self.state(bar.symbol), self._plans.get(bar.symbol)
+        enter, leave = self.decide(bar, st) if plan is None else plan.get((bar.close_time, bar.venue), _NOTHING)
         if enter and not st['in_market']:
             st['in_market'] = True; return [self.entry_signal(bar)]
         if leave and st['in_market']:
@@ -58,10 +59,21 @@ class Strategy:
         entries, exits = _alternate(enter.fillna(False).to_numpy(bool), leave.fillna(False).to_numpy(bool))
         return pd.DataFrame({'entries': entries, 'exits': exits}, index=candles.index)
 
-    def reset(self): self._state.clear()
+    def plan(self, symbol:str, candles:pd.DataFrame, keys:list[tuple[int, str]]) -> np.ndarray:
+        "Precompute the signals of a replay of `symbol` seen from its start (`keys`: each candle's close time and venue); the rows with a signal."
+        if len(keys) != len(candles) or len(set(keys)) != len(keys): raise ValueError(f"{self.name}: plan needs one unique (close_time, venue) key per candle of {symbol}")
+        s = self.signals(candles)
+        entries, exits = s['entries'].to_numpy(), s['exits'].to_numpy()
+        rows = np.flatnonzero(entries | exits)
+        self._plans[symbol] = {keys[i]: (bool(entries[i]), bool(exits[i])) for i in rows}
+        return rows
+
+    def reset(self): self._state.clear(); self._plans.clear()
     def decide(self, bar:Bar, st:dict) -> tuple[bool, bool]: raise NotImplementedError
     def frame_signals(self, candles:pd.DataFrame) -> tuple[pd.Series, pd.Series]: raise NotImplementedError
     def __repr__(self): return f"{self.name}({', '.join(self.symbols)}, {self.side.value})"
+
+_NOTHING = (False, False)
 
 def _alternate(enter:np.ndarray, leave:np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     "Keep an entry only when out of the market and an exit only when in it (what `on_bar` does)."
