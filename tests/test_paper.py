@@ -212,6 +212,46 @@ def test_precision_matches_ccxt():
         assert ex.amount_to_precision(SYM, a) == ref.amount_to_precision(SYM, a)
     assert ex.amount_to_precision(SYM, 0.123456789) == '0.12345' and ex.price_to_precision(SYM, 61837.635001) == '61837.64'
 
+ROUNDING = []   # (venue, reference), made once
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.floats(1e-9, 1e7), st.integers(1, 10**6), st.sampled_from([0.1, 0.3, 1.0, 1, 61837.635, 0.00001, -0.0, 0.0])),
+                min_size=1, max_size=30))
+def test_remembered_rounding_is_ccxts(xs):
+    "Each call, first or remembered (one venue across all examples), gives what ccxt's binance gives; 1 and 1.0, 0.0 and -0.0 are not conflated."
+    if not ROUNDING: ROUNDING.append(PaperExchange()); ROUNDING.append(ccxt.binance()); ROUNDING[1].set_markets(load_markets('binance'))
+    ex, ref = ROUNDING
+    for x in xs + xs:
+        for mine, theirs in ((ex.amount_to_precision, ref.amount_to_precision), (ex.price_to_precision, ref.price_to_precision)):
+            try: want = theirs(SYM, x)
+            except Exception as e: want = type(e)
+            try: got = mine(SYM, x)
+            except Exception as e: got = type(e)
+            assert got == want, (x, got, want)
+    assert all(type(k[2]) is float and k[2] != 0 for k in ex._rounding)
+
+def test_iso_timestamps_are_ccxts():
+    from trader.paper import _iso
+    for ts in [0, 1_723_161_600_000, 1_723_161_600_000, 1_723_161_600_001, True, 1.5, None, 1_723_161_600_001, -5, 1]:
+        assert _iso(ts) == ccxt.Exchange.iso8601(ts), ts
+
+async def test_lean_report_says_what_the_full_structure_says(tape):
+    snap, _ = tape
+    ex = await _venue(snap, {'USDT': 1_000_000.0, 'BTC': 10.0})
+    ex.on_market(_tick({'T': ex.clock.ms(), 'p': '61837.64', 'q': '0.5', 'm': False, 't': 1}))
+    orders = [('market', 'buy', 3, None, {}), ('limit', 'sell', 0.5, 61900.0, {}), ('limit', 'buy', 2, 61837.65, {'timeInForce': 'IOC'}),
+              ('market', 'sell', 1.5, None, {})]
+    for type_, side, amount, price, params in orders:
+        lean = await ex.create_order(SYM, type_, side, amount, price, {**params, 'leanReport': True})
+        full = await ex.fetch_order(lean['id'])
+        assert set(lean) < set(full) and 'datetime' not in lean and 'info' not in lean
+        for k in lean:
+            if k == 'trades': assert [{**t} for t in lean[k]] == [{**t} for t in full[k]]
+            elif k == 'fee': assert lean[k] == {'cost': full[k]['cost'], 'currency': full[k]['currency']}
+            else: assert lean[k] == full[k], k
+    statuses = [(await ex.fetch_order(str(i)))['status'] for i in range(1, 5)]
+    assert statuses == ['closed', 'open', 'expired', 'closed']
+
 # --- time in force, latency, watchers, structures ---------------------------------------------------------------
 
 async def test_time_in_force(tape):

@@ -50,7 +50,10 @@ PARENT_TERMINAL = frozenset({'completed', 'failed', 'canceled'})
 class ParentStateError(TraderError):
     "A parent order move that its current state does not allow."
 
-# %% ../nbs/10_orders.ipynb #304e9bf9
+# %% ../nbs/10_orders.ipynb #3c5cd25a
+_PLAIN_KEYS = tuple('id symbol amount algo venue strategy decision_price decision_time limit_price stop_price target_price status reason '
+                    'arrival_price arrival_time end_time end_price leftover'.split())
+
 @dataclass(eq=False)
 class ParentOrder:
     "What a strategy asked for, worked by one algorithm through child orders on one venue."
@@ -143,11 +146,14 @@ class ParentOrder:
 
     def to_dict(self) -> dict:
         "Plain values: what the journal and the execution analytics need."
-        keys = ('id symbol amount algo venue strategy decision_price decision_time limit_price stop_price target_price status reason '
-                'arrival_price arrival_time end_time end_price leftover filled average_price fees slippage_bps execution_time').split()
-        d = {k: getattr(self, k) for k in keys}
-        return {**d, 'side': self.side.value, 'urgency': str(self.urgency), 'flags': list(self.flags),
-                'children': [c.client_order_id for c in self.children], 'fills': len(self.fills)}
+        d = {k: getattr(self, k) for k in _PLAIN_KEYS}
+        filled, cost = self.filled, self.cost   # the derived values once (the properties would recompute them per key)
+        avg = cost / filled if filled > 0 else None
+        d.update(filled=filled, average_price=avg, fees=self.fees,
+                 slippage_bps=None if avg is None or not self.arrival_price else self.side.sign * (avg / self.arrival_price - 1) * 1e4,
+                 execution_time=self.execution_time, side=self.side.value, urgency=str(self.urgency), flags=list(self.flags),
+                 children=[c.client_order_id for c in self.children], fills=sum(len(c.fills) for c in self.children))
+        return d
 
     def to_execution_record(self) -> dict:
         "The keyword arguments of `trader.analytics.ExecutionRecord` for this parent (the engine builds the record)."
