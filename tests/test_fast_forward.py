@@ -39,7 +39,7 @@ async def session(fast:bool, strategies, start, end, cfg=None, clients=None, **p
              'closed': sorted((q.id, q.exit_reason, q.closed_at, q.realized_pnl) for q in pm.positions.values()),
              'equity_curve': eng.performance.equity().tolist(), 'counts': dict(eng.counts), 'summary': {k: v for k, v in summary.items() if k != 'wall_seconds' and 'latency' not in k}}
     for v in state['venues'].values(): v[2].pop('info', None)
-    return rows, stepped[0], summary, state
+    return rows, stepped[0], summary, state, eng.replay.applied if eng.replay else 0
 
 async def both(strategies, start, end, **kw):
     slow = await session(False, strategies, start, end, **kw)
@@ -47,6 +47,7 @@ async def both(strategies, start, end, **kw):
     assert fast[0] == slow[0]                      # every journal row: signals, orders, fills, positions, equity, risk events
     for k in slow[3]: assert fast[3][k] == slow[3][k], k
     assert slow[1] == slow[2]['events']            # bar by bar: every event went through step
+    assert fast[1] + fast[4] == slow[1]            # the rest were applied in bulk
     return slow, fast
 
 def kinds(rows): return {r[2] for r in rows}

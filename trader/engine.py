@@ -49,7 +49,7 @@ class ExecutionResult:
         what = '' if self.signal is None else f"{self.signal.strategy} {self.signal.side} {self.signal.symbol}: "
         return f"ExecutionResult({what}{self.status}, size {self.size:g}{'; ' + '; '.join(self.reasons) if self.reasons else ''})"
 
-# %% ../nbs/54_engine.ipynb #f17290d3
+# %% ../nbs/54_engine.ipynb #36b941ab
 class LiveTradingEngine:
     "Runs registered strategies' signals through risk, allocation, execution and position management."
     def __init__(self, order_manager, positions, risk, portfolio, *, clock:Clock, config:TraderConfig|None=None,
@@ -79,7 +79,7 @@ class LiveTradingEngine:
         self._working_entries: dict[int, tuple] = {}   # entries approved and not yet done: (symbol, strategy, side, notional) rows
         self._last_trip: str|None = None
         self.fast_forward = True               # simulation: apply quiet stretches of bars in bulk (trader.fast_forward)
-        self._replay = None                    # the planned replay the fast-forward works on
+        self.replay = None                     # the planned replay the fast-forward works on (a BarTape)
         self.latencies: list[float] = []     # seconds from a signal's submission to its first order
         self.counts = {'events': 0, 'signals': 0, 'rejected': 0, 'orders': 0, 'exits': 0, 'errors': 0}
         positions.on_exit = self._on_exit_request
