@@ -347,6 +347,8 @@ async def _run_property(acts):
 
 async def _invariants(ex, q0, b0, terminal):
     bal, orders, trades = await ex.fetch_balance(), await ex.fetch_orders(), await ex.fetch_my_trades()
+    for c in ('USDT', 'BTC', 'ETH'):
+        assert ex.free(c) == bal.get(c, {'free': 0.0})['free']     # exactly what fetch_balance says (the order manager's balance check)
     for c in ('USDT', 'BTC'):
         assert bal[c]['free'] >= -1e-9 and bal[c]['used'] >= -1e-12
         assert bal[c]['free'] + bal[c]['used'] == pytest.approx(bal[c]['total'], abs=1e-9)

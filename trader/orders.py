@@ -50,7 +50,7 @@ PARENT_TERMINAL = frozenset({'completed', 'failed', 'canceled'})
 class ParentStateError(TraderError):
     "A parent order move that its current state does not allow."
 
-# %% ../nbs/10_orders.ipynb #3c5cd25a
+# %% ../nbs/10_orders.ipynb #5c37a698
 _PLAIN_KEYS = tuple('id symbol amount algo venue strategy decision_price decision_time limit_price stop_price target_price status reason '
                     'arrival_price arrival_time end_time end_price leftover'.split())
 
@@ -94,7 +94,7 @@ class ParentOrder:
 
     def _settle(self):
         "Fold children that have ended into running totals, so the amounts cost O(working children)."
-        if any(c.is_terminal for c in self._live):
+        if self._live and any(c.is_terminal for c in self._live):
             for c in self._live:
                 if c.is_terminal: self._ended[0] += c.filled; self._ended[1] += c.cost
             self._live = [c for c in self._live if not c.is_terminal]
@@ -113,13 +113,13 @@ class ParentOrder:
     @property
     def fills(self) -> list[Fill]: return sorted((f for c in self.children for f in c.fills), key=lambda f: f.timestamp)
     @property
-    def filled(self) -> float: self._settle(); return self._ended[0] + sum(c.filled for c in self._live)
+    def filled(self) -> float: self._settle(); return self._ended[0] + sum(c.filled for c in self._live) if self._live else self._ended[0]
     @property
     def remaining(self) -> float: return max(0.0, self.amount - self.filled)
     @property
     def fill_ratio(self) -> float: return self.filled / self.amount
     @property
-    def cost(self) -> float: self._settle(); return self._ended[1] + sum(c.cost for c in self._live)
+    def cost(self) -> float: self._settle(); return self._ended[1] + sum(c.cost for c in self._live) if self._live else self._ended[1]
     @property
     def average_price(self) -> float|None:
         filled = self.filled
@@ -541,7 +541,7 @@ async def _check_balance(ctx:ExecutionContext, parent:ParentOrder, price:float, 
         free = _num((balance.get(ccy) or {}).get('free', (balance.get('free') or {}).get(ccy)))
     if free < need * (1 - 1e-9): raise OrderValidationError('balance', f"needs {need:,.8g} {ccy} free on {parent.venue}, has {free:,.8g}")
 
-# %% ../nbs/10_orders.ipynb #e86e4d06
+# %% ../nbs/10_orders.ipynb #28e109fd
 @patch
 async def execute(self:SmartOrderManager, request:Signal|Mapping|OrderRequest,
                   amount:float|None=None,   # overrides the request's amount / the signal's size
@@ -563,10 +563,12 @@ async def execute(self:SmartOrderManager, request:Signal|Mapping|OrderRequest,
     parent.arrival_price, parent.arrival_time, parent.arrival_bid, parent.arrival_ask = v.mid, self.clock.ms(), v.bid, v.ask
     parent.decision_price = parent.decision_price or parent.arrival_price
     parent.move(ParentStatus.WORKING)
-    started = asyncio.Event(); drive = self._drive(parent, alg, started)
+    started = None if wait else asyncio.Event()
+    drive = self._drive(parent, alg, started)
     task = _start_now(drive) if ctx.immediate else asyncio.ensure_future(drive)
     if task is not None: self._tasks[parent.id] = task
-    if wait: await asyncio.shield(parent.done)
+    if wait:
+        if not parent.done.done(): await asyncio.shield(parent.done)
     elif not started.is_set(): await _until_started(task, started)
     return parent
 
@@ -603,11 +605,12 @@ async def wait(self:SmartOrderManager, parent_id:str) -> ParentOrder:
     return await asyncio.shield(self.get_order(parent_id).done)
 
 @patch
-async def _drive(self:SmartOrderManager, parent:ParentOrder, alg, started:asyncio.Event) -> None:
+async def _drive(self:SmartOrderManager, parent:ParentOrder, alg, started:asyncio.Event|None) -> None:
     ctx = alg.ctx
     try:
         try: await alg.start(); await _dispatch(alg)
-        finally: started.set()
+        finally:
+            if started is not None: started.set()
         while not parent.is_terminal:
             now, wake = self.clock.time(), alg.next_wakeup()
             await self.clock.sleep_until(now + self.tick_interval if wake is None else min(max(wake, now), now + self.tick_interval))

@@ -225,7 +225,7 @@ async def fetch_time(self:PaperExchange, params:dict={}) -> int:
 async def close(self:PaperExchange) -> None:
     "Nothing to release; here so code written for ccxt can always `await exchange.close()`."
 
-# %% ../nbs/05_paper.ipynb #a20df62c
+# %% ../nbs/05_paper.ipynb #daf623de
 @patch
 def _used(self:PaperExchange) -> dict[str, float]:
     used = {c: 0.0 for c in self._total}
@@ -236,9 +236,19 @@ def _used(self:PaperExchange) -> dict[str, float]:
     return used
 
 @patch
+def _used_in(self:PaperExchange, currency:str) -> float:
+    "`_used()[currency]`, the same sum in the same order, without the other currencies."
+    used = 0.0
+    for o in self._open.values():
+        c, x = self._contract_hold(o) if o.contract else o.hold
+        if c == currency: used += x
+    margin = self.derivatives.margin(self.mark_price).get(currency) if self.derivatives.positions else None
+    return used if margin is None else used + margin
+
+@patch
 def free(self:PaperExchange, currency:str) -> float:
     "The free balance of `currency`."
-    return self.equity(currency) - self._used().get(currency, 0.0)
+    return self.equity(currency) - self._used_in(currency)
 
 @patch
 async def fetch_balance(self:PaperExchange, params:dict={}) -> dict:
