@@ -88,7 +88,7 @@ class ExecutionAlgorithm:
         left = self.parent.remaining
         return why if left <= EPS * self.parent.amount else f"{why}; {left:g} of {self.parent.amount:g} left unfilled"
 
-# %% ../nbs/11_algorithms.ipynb #4913ddc2
+# %% ../nbs/11_algorithms.ipynb #2f3f7a18
 class MarketExecution(ExecutionAlgorithm):
     "Take liquidity at once; measure slippage against the arrival mid and flag or cap it."
     name = 'market'
@@ -104,7 +104,8 @@ class MarketExecution(ExecutionAlgorithm):
     async def on_tick(self):
         if not self.settled: return
         p, tol, why = self.parent, self.execution.max_slippage_tolerance, 'market order done'
-        slip = None if p.slippage_bps is None else p.slippage_bps / 1e4
+        bps = p.slippage_bps
+        slip = None if bps is None else bps / 1e4
         if slip is not None and slip > tol + EPS:
             p.flags.append('slippage')
             self.ctx.manager._emit(SlippageBreached(p.id, self.ctx.now(), slip, tol, self.execution.slippage_action))
