@@ -225,7 +225,7 @@ async def fetch_time(self:PaperExchange, params:dict={}) -> int:
 async def close(self:PaperExchange) -> None:
     "Nothing to release; here so code written for ccxt can always `await exchange.close()`."
 
-# %% ../nbs/05_paper.ipynb #daf623de
+# %% ../nbs/05_paper.ipynb #4ff9e8f9
 @patch
 def _used(self:PaperExchange) -> dict[str, float]:
     used = {c: 0.0 for c in self._total}
@@ -253,6 +253,11 @@ def free(self:PaperExchange, currency:str) -> float:
 @patch
 async def fetch_balance(self:PaperExchange, params:dict={}) -> dict:
     "ccxt's unified balance: `free`, `used`, `total` dicts and one dict per currency."
+    return self.balance()
+
+@patch
+def balance(self:PaperExchange) -> dict:
+    "`fetch_balance`'s answer now, without awaiting (a simulation reads it between events)."
     used, upnl = self._used(), self.derivatives.unrealized(self.mark_price)
     out = {'info': {'venue': 'paper', 'walletBalance': dict(self._total), 'unrealizedPnl': upnl},
            'timestamp': self.clock.ms(), 'free': {}, 'used': {}, 'total': {}}
