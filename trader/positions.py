@@ -61,7 +61,7 @@ class ExitPolicy:
         if self.trailing_pct is not None and self.trailing_pct >= 1: raise PositionError(f"exit_policy.trailing_pct: must be below 1, got {self.trailing_pct}")
         if not (isinstance(self.atr_period, int) and self.atr_period > 0): raise PositionError(f"exit_policy.atr_period: must be a whole number > 0, got {self.atr_period!r}")
 
-# %% ../nbs/20_positions.ipynb #600400d8
+# %% ../nbs/20_positions.ipynb #c0b7b869
 class RollingATR:
     "Average true range: the simple mean of the last `period` true ranges."
     def __init__(self, period:int=14):
@@ -69,10 +69,13 @@ class RollingATR:
 
     def update(self, high:float, low:float, close:float) -> float:
         "Add one bar; returns the ATR including it (NaN until `period` bars)."
+        self.add(high, low, close); return self.value
+
+    def add(self, high:float, low:float, close:float):
+        "Add one bar (the ATR is computed when read)."
         pc = self._prev_close
         self._tr.append(high - low if pc is None else max(high - low, abs(high - pc), abs(low - pc)))
         self._prev_close, self._value = close, None
-        return self.value
 
     def extend(self, high:np.ndarray, low:np.ndarray, close:np.ndarray):
         "Add many bars at once: the same state as `update` on each in turn."
@@ -317,7 +320,7 @@ def _retire(self:AdvancedPositionManager, h:HeldPosition, reason:str|None):
 
 AdvancedPositionManager._apply_fill, AdvancedPositionManager._enter_book, AdvancedPositionManager._retire = _apply_fill, _enter_book, _retire
 
-# %% ../nbs/20_positions.ipynb #bbf32edf
+# %% ../nbs/20_positions.ipynb #e7d3f32a
 def on_price(self:AdvancedPositionManager, symbol:str, price:float, ts:int|None=None, high:float|None=None, low:float|None=None,
              open:float|None=None) -> list[ExitRequest]: # `open`: the first price of a bar, for gaps; ticks use `price`
     "Check exits for all open positions of `symbol` at this price update; returns the exits it triggered."
@@ -360,7 +363,7 @@ def _vector_hits(book:ExitBook, price, ts, hi, lo, fst, start, atr) -> list[tupl
 def on_bar(self:AdvancedPositionManager, bar:Bar) -> list[ExitRequest]:
     "Check exits on a completed bar (at its close time), then add it to the symbol's ATR."
     out = self._check(bar.symbol, bar.close, bar.close_time, bar.high, bar.low, bar.open, bar.timestamp)
-    self.atr.setdefault(bar.symbol, RollingATR(self.exit_policy.atr_period)).update(bar.high, bar.low, bar.close)
+    self.atr.setdefault(bar.symbol, RollingATR(self.exit_policy.atr_period)).add(bar.high, bar.low, bar.close)
     return out
 
 AdvancedPositionManager.on_price, AdvancedPositionManager._check, AdvancedPositionManager.on_bar = on_price, _check, on_bar
