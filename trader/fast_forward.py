@@ -88,16 +88,12 @@ def _plan(strategy, symbol:str, tape:BarTape, rows:np.ndarray) -> np.ndarray:
     keys = list(zip(tape.time[rows].tolist(), [tape.venues[v] for v in tape.venue[rows].tolist()]))
     return strategy.plan(symbol, tape.frame(rows), keys)
 
-# %% ../nbs/56_fast_forward.ipynb #3f9f6549
-def job_runs(due:Mapping[str, float], intervals:Mapping[str, float], t:np.ndarray) -> dict[str, np.ndarray]:
+# %% ../nbs/56_fast_forward.ipynb #12243e1e
+def job_runs(due:Mapping[str, float], intervals:Mapping[str, float], t:np.ndarray,
+             gap:float|None=None) -> dict[str, np.ndarray]: # no more than the smallest gap between events of `t` (default: computed)
     "At which events of `t` (clock seconds) each job runs."
-    gap = float(np.diff(t).min()) if len(t) > 1 else math.inf
+    if gap is None: gap = float(np.diff(t).min()) if len(t) > 1 else math.inf
     return {job: _due_mask(due.get(job, -math.inf), every, t, gap) for job, every in intervals.items()}
-
-def _job_runs(engine, tape:BarTape, i:int, j:int) -> dict[str, np.ndarray]:
-    "`job_runs` on the stretch, with the smallest gap between the tape's events standing in for the stretch's (it is no larger)."
-    t = tape.seconds[i:j]
-    return {job: _due_mask(engine._due.get(job, -math.inf), every, t, tape.min_gap) for job, every in engine._jobs.items()}
 
 def _due_mask(due:float, every:float, t:np.ndarray, gap:float) -> np.ndarray:
     first, last = float(t[0]), float(t[-1])
@@ -158,7 +154,7 @@ def _mark_series(cur:str, quote:str, marks, series):
     if marks.get(f"{quote}/{cur}"): return 1.0 / series(f"{quote}/{cur}")
     return None
 
-# %% ../nbs/56_fast_forward.ipynb #c58082f2
+# %% ../nbs/56_fast_forward.ipynb #a5db5a2e
 def quiet_span(engine, events:Sequence[MarketEvent], i:int, end:float|None=None) -> int:
     "How many events from `i` on `engine` applied in bulk (0: deliver event `i` as usual)."
     if not _idle(engine): return 0
@@ -166,7 +162,7 @@ def quiet_span(engine, events:Sequence[MarketEvent], i:int, end:float|None=None)
     if tape is None or tape.events is not events: tape = engine.replay = plan_replay(engine, events)
     j = min(int(tape.next_need[i]), i + WINDOW, _before_time(tape, i, engine.clock.next_deadline, end))
     if j <= i: return 0
-    runs = _job_runs(engine, tape, i, j)
+    runs = job_runs(engine._due, engine._jobs, tape.seconds[i:j], tape.min_gap)   # the tape's smallest gap is no larger than the stretch's
     j = i + _exits_clear(engine, tape, i, j)
     if j <= i or (eq := _equity(engine, tape, i, j)) is None: return 0
     revalue = np.zeros(j - i, bool) if engine._only_quote else runs['pnl'][:j - i]
