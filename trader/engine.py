@@ -28,8 +28,8 @@ MODES = ('simulation', 'paper', 'live')
 # %% auto #0
 __all__ = ['log', 'MODES', 'ExecutionResult', 'LiveTradingEngine', 'register_strategy', 'as_signal', 'submit', 'handle',
            'execute_signal', 'exposure_rows', 'contract_size', 'venue_amount', 'equity', 'risk_state',
-           'check_positions', 'update_pnl', 'check_risk', 'record_performance', 'run_due', 'start_live_trading', 'step',
-           'on_market_event', 'drain', 'stop_live_trading', 'emergency_stop']
+           'check_positions', 'update_pnl', 'take_balances', 'check_risk', 'record_performance', 'run_due',
+           'start_live_trading', 'step', 'on_market_event', 'drain', 'stop_live_trading', 'emergency_stop']
 
 # %% ../nbs/54_engine.ipynb #855741d5
 @dataclass
@@ -385,7 +385,7 @@ def _record_closed(self, pos):
 
 for _f in (_on_exit_request, _exit_amount, _write_off_dust, _exit_failed, _retry_exit_after, _on_execution_event, _on_risk_event, _record_closed): setattr(LiveTradingEngine, _f.__name__, _f)
 
-# %% ../nbs/54_engine.ipynb #a209709e
+# %% ../nbs/54_engine.ipynb #e72df78f
 def _intervals(self) -> dict[str, float]:
     m = self.config.monitoring
     return {'positions': m.position_check_interval, 'pnl': m.pnl_update_frequency, 'risk': m.risk_check_frequency,
@@ -407,7 +407,11 @@ def _must_fetch(self) -> bool:
     return self._balances_stale or self.mode != 'simulation' or self.positions.holds_contracts()
 
 async def _fetch_balances(self):
-    self._holdings = holdings({name: await c.fetch_balance() for name, c in self.orders.clients.items()})
+    self.take_balances({name: await c.fetch_balance() for name, c in self.orders.clients.items()})
+
+def take_balances(self, balances:Mapping[str, Mapping]):
+    "Use `balances` (venue -> ccxt balance, as fetched now) for equity until the next fill."
+    self._holdings = holdings(balances)
     self._balances_stale, self._only_quote = False, not self.positions.holds_contracts() and _only(self._holdings, self.quote)
 
 def _revalue(self):
@@ -470,7 +474,7 @@ def _job_failed(self, job:str, e:Exception):
     self.counts['errors'] += 1; log.exception("monitoring job %s failed", job)
     if self.alerts is not None: self.alerts.emit('warning', f"monitoring job {job} failed: {type(e).__name__}: {e}", source='engine')
 
-for _f in (_intervals, check_positions, update_pnl, _must_fetch, _fetch_balances, _revalue, check_risk, record_performance, run_due,
+for _f in (_intervals, check_positions, update_pnl, _must_fetch, _fetch_balances, take_balances, _revalue, check_risk, record_performance, run_due,
            _take_due, _run_jobs_now, _run_job, _run_job_sync, _job_failed): setattr(LiveTradingEngine, _f.__name__, _f)
 
 # %% ../nbs/54_engine.ipynb #b1dfd6e2
