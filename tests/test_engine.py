@@ -61,7 +61,7 @@ async def test_init_wires_parts_and_config_sections():
     assert isinstance(eng.orders.clients['binance'], ExchangeClient) and eng.orders.clients['binance'].exchange is paper
     assert eng.paper_venues == {'binance': paper}
     # the engine subscribed to the parts' callbacks
-    assert eng.positions.on_exit == eng._on_exit_request and eng.risk.on_event == eng._on_risk_event
+    assert eng.positions.on_exit == eng._exit_requested and eng.risk.on_event == eng._on_risk_event
     assert eng._on_execution_event in eng.orders._subscribers
     # each part got its config section
     assert (eng.queue.max_size, eng.queue.ttl) == (7, 30)
@@ -357,3 +357,46 @@ async def test_stop_cancels_orders_still_working_and_books_their_fills():
     assert pos.amount == pytest.approx(parent.filled, abs=1e-12)
     bal = await paper.fetch_balance()
     assert bal['total']['BTC'] == pytest.approx(parent.filled, abs=1e-12) and bal['used'].get('USDT', 0.0) == pytest.approx(0.0, abs=1e-9)
+
+# ------------------------------------------------------------------ simulation: a step runs what its event caused
+class Scripted:
+    "Signals a test scripts per bar close time."
+    symbols, exchange = ['BTC/USDT'], 'binance'
+    def __init__(self): self.script = {}
+    def on_bar(self, bar): return self.script.pop(bar.close_time, [])
+
+async def stepped(eng, clock, ev):
+    "What the feed does: the clock to the bar's close, `step`, and what it left to await (the due jobs)."
+    await clock.advance_to(ev.close_time / 1000)
+    if (pending := eng.step(ev)) is not None: await pending
+
+async def test_simulation_step_runs_exits_then_signals_before_it_returns():
+    from dataclasses import replace
+    eng, paper, clock, df, events = build()
+    strat = eng.register_strategy('t', Scripted(), 0.5)
+    await eng.start_live_trading('simulation')
+    px = events[1].close
+    strat.script[events[1].close_time] = [sig(strategy='t', entry=px, stop=px - 500, target=px + 2_000, size=0.01)]
+    await stepped(eng, clock, events[0]); await stepped(eng, clock, events[1])
+    # filled inside the step: no task, no turn of the event loop
+    assert not eng._tasks and eng.counts['orders'] == 1 and len(eng.positions.open_positions()) == 1
+    # the next bar falls through the stop and brings a new entry: the stop's exit goes first, then the signal
+    crash = replace(events[2], low=px - 600)
+    strat.script[crash.close_time] = [sig(strategy='t', entry=crash.close, stop=crash.close - 900, target=crash.close + 2_000, size=0.01)]
+    await stepped(eng, clock, crash); assert not eng._tasks
+    sides = [(p.side.value, p.strategy) for p in eng.orders.parents.values()]
+    assert sides == [('buy', 't'), ('sell', 't'), ('buy', 't')], sides
+    closed = [p for p in eng.positions.positions.values() if not p.amount]
+    assert [p.exit_reason for p in closed] == ['stop_loss'] and len(eng.positions.open_positions()) == 1
+    await eng.stop_live_trading()
+
+async def test_simulation_step_hands_work_that_waits_to_a_task():
+    eng, paper, clock, df, events = build(venue=lambda clock: PaperExchange('binance', balances={'USDT': 10_000.0}, clock=clock, latency=0.25))
+    strat = eng.register_strategy('t', Scripted(), 0.5)
+    await eng.start_live_trading('simulation')
+    px = events[1].close
+    strat.script[events[1].close_time] = [sig(strategy='t', entry=px, stop=px - 500, target=px + 2_000, size=0.01)]
+    await stepped(eng, clock, events[0]); await stepped(eng, clock, events[1])
+    assert len(eng._tasks) == 1 and eng.counts['orders'] == 0      # the order waits out the venue's latency
+    assert await clock.run(eng.drain(5)) and not eng._tasks and eng.counts['orders'] == 1 and len(eng.positions.open_positions()) == 1
+    await eng.stop_live_trading()

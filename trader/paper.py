@@ -101,7 +101,7 @@ class PaperOrder:
                 'average': avg, 'amount': self.amount, 'filled': self.filled, 'remaining': self.remaining, 'cost': self.cost,
                 'status': self.status, 'fee': {'cost': self.fee, 'currency': self.quote}, 'trades': self.trades}
 
-# %% ../nbs/05_paper.ipynb #0cc9682e
+# %% ../nbs/05_paper.ipynb #471fe309
 class PaperExchange(LinearVenue):
     "A simulated spot and linear-perpetual venue with ccxt's unified async API, fed market events through `on_market`."
     def __init__(self, exchange_id:str='binance', # the venue whose markets, precision and fees it mimics
@@ -119,7 +119,7 @@ class PaperExchange(LinearVenue):
         self.id, self.exchange_id, self.latency, self.jitter, self.fees = id, exchange_id, latency, jitter, fees
         self.clock = clock or WallClock()
         self.rng = np.random.default_rng(seed)
-        self._precision, self._rounding = _offline_ccxt(exchange_id, markets), {}
+        self._precision, self._rounding, self._grids = _offline_ccxt(exchange_id, markets), {}, {}
         self.markets = self._precision.markets
         self.symbols = sorted(self.markets)
         self._total = {k: float(v) for k, v in ({'USDT': 10_000.0} if balances is None else balances).items()}
@@ -163,7 +163,7 @@ def _offline_ccxt(exchange_id:str, markets:dict) -> ccxt.Exchange:
     ex.set_markets(markets)
     return ex
 
-# %% ../nbs/05_paper.ipynb #8caf40f8
+# %% ../nbs/05_paper.ipynb #d291e4f9
 @patch
 async def load_markets(self:PaperExchange, reload:bool=False, params:dict={}) -> dict:
     "The markets (already loaded)."
@@ -186,12 +186,36 @@ def _rounded(ex:PaperExchange, how:str, symbol:str, x) -> str:
     key = (how, symbol, x)
     if type(x) is not float or x == 0: key = None   # only floats, whose equality is identity here (not 0.0 == -0.0, 1 == 1.0)
     elif (hit := ex._rounding.get(key)) is not None: return hit
+    elif (text := _on_grid(x, _grid_decimals(ex, how, symbol))) is not None: return text
     ex.market(symbol)
     out = getattr(ex._precision, f"{how}_to_precision")(symbol, x)
     if key is not None:
         if len(ex._rounding) >= 100_000: ex._rounding.clear()
         ex._rounding[key] = out
     return out
+
+def _grid_decimals(ex:PaperExchange, how:str, symbol:str) -> int|None:
+    "The decimals of `symbol`'s `how` step when it is a power of ten (0.01 -> 2), else None; remembered."
+    key = (how, symbol)
+    if key not in ex._grids:
+        step = ((ex.market(symbol).get('precision') or {}).get(how))
+        d = step if ex._precision.precisionMode == ccxt.DECIMAL_PLACES else _decimals_of(step)
+        ex._grids[key] = d if isinstance(d, int) and 0 <= d <= 15 else None
+    return ex._grids[key]
+
+def _decimals_of(step) -> int|None:
+    "`d` when `step` is exactly 10**-d."
+    if not isinstance(step, (int, float)) or not 0 < step <= 1: return None
+    d = round(-math.log10(step))
+    return d if float(f"1e-{d}") == step else None
+
+def _on_grid(x:float, decimals:int|None) -> str|None:
+    "ccxt's text of a positive finite `x` that already sits on a 10**-decimals grid (rounding or truncating leaves it), else None."
+    if decimals is None or not 0 < x < math.inf: return None
+    whole, _, frac = repr(x).partition('.')
+    if 'e' in frac or 'e' in whole: return None
+    frac = frac.rstrip('0')
+    return None if len(frac) > decimals else whole + '.' + frac if frac else whole
 
 @patch
 def amount_to_precision(self:PaperExchange, symbol:str, amount) -> str:

@@ -12,7 +12,7 @@ from .clock import Clock, WallClock
 # %% auto #0
 __all__ = ['SignalQueue']
 
-# %% ../nbs/53_queue.ipynb #18851aee
+# %% ../nbs/53_queue.ipynb #2358edf5
 class SignalQueue:
     "Priority queue of `Signal`s with de-duplication, a size limit and expiry."
     def __init__(self, clock:Clock|None=None, max_size:int=1000, ttl:float=60.0, drop_duplicates:bool=True,
@@ -28,7 +28,9 @@ class SignalQueue:
         "Smaller runs first: urgency, then exits, then the signal's own priority."
         return (-signal.urgency.rank, 0 if signal.intent is SignalIntent.EXIT else 1, -signal.priority)
 
-    def put(self, signal:Signal) -> str|None:
+    def put(self, signal:Signal,
+            wake:bool=True   # False: whoever queues it takes it with `get_nowait` (a waiting `get` is not woken for it)
+           ) -> str|None:
         "Queue `signal`; returns None when accepted, else the reason it was dropped."
         if self.drop_duplicates and signal.client_id is not None:
             if signal.client_id in self._seen: return self._drop(signal, f"duplicate client_id {signal.client_id!r}")
@@ -36,7 +38,7 @@ class SignalQueue:
         if len(self._heap) >= self.max_size: return self._drop(signal, f"queue full ({self.max_size} signals)")
         stamp = signal.timestamp if signal.timestamp is not None else self.clock.ms()
         heapq.heappush(self._heap, (self.priority_key(signal), next(self._seq), stamp, signal))
-        self._wake()
+        if wake: self._wake()
         return None
 
     def get_nowait(self) -> Signal|None:
