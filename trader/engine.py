@@ -29,8 +29,8 @@ MODES = ('simulation', 'paper', 'live')
 # %% auto #0
 __all__ = ['log', 'MODES', 'ExecutionResult', 'LiveTradingEngine', 'register_strategy', 'as_signal', 'submit', 'handle',
            'execute_signal', 'exposure_rows', 'contract_size', 'venue_amount', 'equity', 'risk_state',
-           'check_positions', 'update_pnl', 'take_balances', 'check_risk', 'record_performance', 'run_due',
-           'start_live_trading', 'step', 'on_market_event', 'drain', 'stop_live_trading', 'emergency_stop']
+           'check_positions', 'update_pnl', 'take_balances', 'take_holdings', 'check_risk', 'record_performance',
+           'run_due', 'start_live_trading', 'step', 'on_market_event', 'drain', 'stop_live_trading', 'emergency_stop']
 
 # %% ../nbs/54_engine.ipynb #855741d5
 @dataclass
@@ -387,7 +387,7 @@ def _record_closed(self, pos):
 
 for _f in (_on_exit_request, _exit_amount, _write_off_dust, _exit_failed, _retry_exit_after, _on_execution_event, _on_risk_event, _record_closed): setattr(LiveTradingEngine, _f.__name__, _f)
 
-# %% ../nbs/54_engine.ipynb #e72df78f
+# %% ../nbs/54_engine.ipynb #9d250c5d
 def _intervals(self) -> dict[str, float]:
     m = self.config.monitoring
     return {'positions': m.position_check_interval, 'pnl': m.pnl_update_frequency, 'risk': m.risk_check_frequency,
@@ -413,7 +413,11 @@ async def _fetch_balances(self):
 
 def take_balances(self, balances:Mapping[str, Mapping]):
     "Use `balances` (venue -> ccxt balance, as fetched now) for equity until the next fill."
-    self._holdings = holdings(balances)
+    self.take_holdings(holdings(balances))
+
+def take_holdings(self, held:Mapping[str, Mapping[str, float]]):
+    "Use `held` (venue -> currency -> non-zero total, `trader.portfolio.holdings` of the balances fetched now) until the next fill."
+    self._holdings = dict(held)
     self._balances_stale, self._only_quote = False, not self.positions.holds_contracts() and _only(self._holdings, self.quote)
 
 def _revalue(self):
@@ -476,7 +480,7 @@ def _job_failed(self, job:str, e:Exception):
     self.counts['errors'] += 1; log.exception("monitoring job %s failed", job)
     if self.alerts is not None: self.alerts.emit('warning', f"monitoring job {job} failed: {type(e).__name__}: {e}", source='engine')
 
-for _f in (_intervals, check_positions, update_pnl, _must_fetch, _fetch_balances, take_balances, _revalue, check_risk, record_performance, run_due,
+for _f in (_intervals, check_positions, update_pnl, _must_fetch, _fetch_balances, take_balances, take_holdings, _revalue, check_risk, record_performance, run_due,
            _take_due, _run_jobs_now, _run_job, _run_job_sync, _job_failed): setattr(LiveTradingEngine, _f.__name__, _f)
 
 # %% ../nbs/54_engine.ipynb #10ad778a

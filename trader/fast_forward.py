@@ -23,8 +23,14 @@ WINDOW = 1024      # the most events one stretch looks ahead
 # %% auto #0
 __all__ = ['log', 'WINDOW', 'BarTape', 'plan_replay', 'job_runs', 'exit_stop', 'equity_path', 'quiet_span', 'replay_risk']
 
-# %% ../nbs/56_fast_forward.ipynb #62cde715
-_BAR = attrgetter('timestamp', 'timeframe_ms', 'open', 'high', 'low', 'close', 'volume')
+# %% ../nbs/56_fast_forward.ipynb #43ff7ed7
+_FIELDS = ('timestamp', 'timeframe_ms', 'open', 'high', 'low', 'close', 'volume')
+_BAR = attrgetter(*_FIELDS)
+
+def _read_only(a:np.ndarray) -> np.ndarray:
+    a.flags.writeable = False; return a
+
+_TRUE, _RANGE = _read_only(np.ones(WINDOW, bool)), _read_only(np.arange(WINDOW))   # shared answers for a stretch (at most WINDOW events)
 
 class BarTape:
     "A replay's events as numpy columns: time (ms and seconds), symbol and venue codes, bar prices (NaN for other events)."
@@ -33,13 +39,11 @@ class BarTape:
         self.symbols = sorted({e.symbol for e in events}); self.code = {s: k for k, s in enumerate(self.symbols)}
         self.venues = sorted({e.venue for e in events}); vcode = {v: k for k, v in enumerate(self.venues)}
         self.is_bar = np.fromiter((isinstance(e, Bar) for e in events), bool, n)
-        other = (math.nan,) * 6
-        a = np.array([_BAR(e) if b else (e.timestamp, 0, *other[1:]) for e, b in zip(events, self.is_bar.tolist())] if not self.is_bar.all()
-                     else list(map(_BAR, events)), dtype=float).reshape(n, 7)
-        self.time = (a[:, 0] + a[:, 1]).astype(np.int64)          # a bar's close time; another event's timestamp
+        ts, tf, self.open, self.high, self.low, self.close, self.volume = _columns(events, self.is_bar)
+        self.time = (ts + tf).astype(np.int64)          # a bar's close time; another event's timestamp
         self.sym = np.array([self.code[e.symbol] for e in events], np.int32)
         self.venue = np.array([vcode[e.venue] for e in events], np.int32)
-        self.open, self.high, self.low, self.close, self.volume = (np.ascontiguousarray(a[:, k]) for k in range(2, 7))
+        self.uniform = len(self.symbols) == 1 and len(self.venues) == 1 and bool(self.is_bar.all())   # one venue's bars of one symbol
         self.seconds, self.time_f = self.time / 1000, self.time.astype(float)   # the clock's reading at each event; ms as floats
         self.need = ~self.is_bar                  # events that must go through the engine one by one
         self.next_need, self.cache = None, {}
@@ -51,6 +55,11 @@ class BarTape:
     def bars_of(self, symbol:str) -> np.ndarray:
         "Positions of `symbol`'s bars."
         return np.flatnonzero(self.is_bar & (self.sym == self.code[symbol])) if symbol in self.code else np.zeros(0, int)
+
+    def mine(self, i:int, j:int, symbol:str) -> np.ndarray:
+        "Positions of `symbol`'s bars in the stretch [i, j), counted from `i` (read only)."
+        if self.uniform and j - i <= WINDOW: return _RANGE[:j - i] if symbol == self.symbols[0] else _RANGE[:0]
+        return np.flatnonzero(self.is_bar[i:j] & (self.sym[i:j] == self.code.get(symbol, -1)))
 
     def frame(self, rows:np.ndarray) -> pd.DataFrame:
         "The candles at `rows`, as a strategy's `frame_signals` reads them."
@@ -65,6 +74,14 @@ class BarTape:
         "Index, for every event, the next one that must be handled one by one."
         n = len(self); at = np.where(self.need, np.arange(n), n)
         self.next_need = np.minimum.accumulate(at[::-1])[::-1]
+
+def _columns(events:Sequence[MarketEvent], is_bar:np.ndarray) -> list[np.ndarray]:
+    "The `_FIELDS` columns: a bar's own, (timestamp, 0, NaN...) for other events."
+    n = len(events)
+    if is_bar.all(): return [np.fromiter(map(attrgetter(k), events), float, n) for k in _FIELDS]
+    other = (0.0,) + (math.nan,) * 5
+    a = np.array([_BAR(e) if b else (e.timestamp, *other) for e, b in zip(events, is_bar.tolist())], dtype=float).reshape(n, 7)
+    return [np.ascontiguousarray(a[:, k]) for k in range(7)]
 
 # %% ../nbs/56_fast_forward.ipynb #24f91928
 def plan_replay(engine, events:Sequence[MarketEvent]) -> BarTape:
@@ -87,7 +104,7 @@ def _plan(strategy, symbol:str, tape:BarTape, rows:np.ndarray) -> np.ndarray:
     keys = list(zip(tape.time[rows].tolist(), [tape.venues[v] for v in tape.venue[rows].tolist()]))
     return strategy.plan(symbol, tape.frame(rows), keys)
 
-# %% ../nbs/56_fast_forward.ipynb #12243e1e
+# %% ../nbs/56_fast_forward.ipynb #bd4b5d52
 def job_runs(due:Mapping[str, float], intervals:Mapping[str, float], t:np.ndarray,
              gap:float|None=None) -> dict[str, np.ndarray]: # no more than the smallest gap between events of `t` (default: computed)
     "At which events of `t` (clock seconds) each job runs."
@@ -96,7 +113,7 @@ def job_runs(due:Mapping[str, float], intervals:Mapping[str, float], t:np.ndarra
 
 def _due_mask(due:float, every:float, t:np.ndarray, gap:float) -> np.ndarray:
     first, last = float(t[0]), float(t[-1])
-    if first >= due and every + 1e-3 < gap: return np.ones(len(t), bool)   # due at every event (1 ms clear of rounding)
+    if first >= due and every + 1e-3 < gap: return _TRUE[:len(t)] if len(t) <= WINDOW else np.ones(len(t), bool)   # due at every event (1 ms clear of rounding)
     mask = np.zeros(len(t), bool)
     if due > last: return mask
     k = int(np.searchsorted(t, due, 'left'))         # the first run; then one by one
@@ -153,7 +170,7 @@ def _mark_series(cur:str, quote:str, marks, series):
     if marks.get(f"{quote}/{cur}"): return 1.0 / series(f"{quote}/{cur}")
     return None
 
-# %% ../nbs/56_fast_forward.ipynb #10dff01c
+# %% ../nbs/56_fast_forward.ipynb #f8703543
 def quiet_span(engine, events:Sequence[MarketEvent], i:int, end:float|None=None) -> int:
     "How many events from `i` on `engine` applied in bulk (0: deliver event `i` as usual)."
     if not _idle(engine): return 0
@@ -183,7 +200,7 @@ def _balances_known(engine) -> bool:
     if not engine._balances_stale: return True
     venues = [getattr(c, 'exchange', None) for c in engine.orders.clients.values()]
     if not all(isinstance(v, PaperExchange) and v.immediate for v in venues): return False
-    engine.take_balances({name: v.balance() for name, v in zip(engine.orders.clients, venues)})   # what `_fetch_balances` reads
+    engine.take_holdings({name: v.holdings() for name, v in zip(engine.orders.clients, venues)})   # what `_fetch_balances` reads
     return True
 
 def _before_time(tape:BarTape, i:int, deadline:float|None, end:float|None) -> int:
@@ -193,27 +210,29 @@ def _before_time(tape:BarTape, i:int, deadline:float|None, end:float|None) -> in
     if end is not None: j = min(j, i + int(np.searchsorted(tape.seconds[i:i + WINDOW], end, 'right')))
     return j
 
-# %% ../nbs/56_fast_forward.ipynb #836760f7
+# %% ../nbs/56_fast_forward.ipynb #864afec2
 def _exits_clear(engine, tape:BarTape, i:int, j:int) -> int:
     "Events before the first at which an open position could exit."
     stop = j - i
     for symbol, book in engine.positions.books.items():
         if not book: continue
-        mine = np.flatnonzero(tape.is_bar[i:j] & (tape.sym[i:j] == tape.code.get(symbol, -1)))
+        mine = tape.mine(i, j, symbol)
         k = i + mine
         stop = min(stop, exit_stop(book, tape.high[k], tape.low[k], tape.close[k], engine.marks.get(symbol), tape.time_f[i:j], mine))
     return stop
 
-# %% ../nbs/56_fast_forward.ipynb #0ccf1e62
+# %% ../nbs/56_fast_forward.ipynb #eb9b9ac4
 def _equity(engine, tape:BarTape, i:int, j:int) -> np.ndarray|None:
     "Equity after each event of [i, j) (a constant when it is all cash, which the revaluation leaves alone); None if it cannot be valued."
     if engine._only_quote: return np.full(j - i, engine.portfolio._equity)
     series = lambda symbol: _mark_after(tape, i, j, symbol, engine.marks[symbol])
     eq = equity_path(engine._holdings, engine.quote, engine.marks, series)
-    return None if eq is None else np.broadcast_to(np.asarray(eq, dtype=float), (j - i,))
+    if eq is None or isinstance(eq, np.ndarray) and eq.shape == (j - i,): return eq
+    return np.broadcast_to(np.asarray(eq, dtype=float), (j - i,))
 
 def _mark_after(tape:BarTape, i:int, j:int, symbol:str, before:float) -> np.ndarray:
     "`symbol`'s mark after each event of [i, j): its last bar's close so far, else `before`."
+    if tape.uniform and symbol == tape.symbols[0]: return tape.close[i:j]   # every event is one of its bars
     mine = tape.is_bar[i:j] & (tape.sym[i:j] == tape.code.get(symbol, -1))
     last = np.maximum.accumulate(np.where(mine, np.arange(j - i), -1))
     return np.where(last >= 0, tape.close[i:j][np.maximum(last, 0)], float(before))
@@ -249,7 +268,7 @@ def _risk_quick(engine, t, eq, revalue, check):
     last = float(eq[-1])
     return n, (last, float(hwm[-1]), p._day, p.day_start_equity, last), eq.tolist()
 
-# %% ../nbs/56_fast_forward.ipynb #23ee5dcb
+# %% ../nbs/56_fast_forward.ipynb #ad78300e
 def _apply(engine, tape:BarTape, i:int, j:int, runs:Mapping[str, np.ndarray], state:tuple, equity:list[float]):
     engine.counts['events'] += j - i
     _apply_checks(engine, tape, i, j, runs['positions'][:j - i])
@@ -274,7 +293,7 @@ def _apply_checks(engine, tape:BarTape, i:int, j:int, checks:np.ndarray):
     "The position check between bars marks open positions at the last price: before a symbol's first bar of the stretch, that is the mark it started with."
     for symbol, book in engine.positions.books.items():
         if not book or symbol not in engine.marks: continue
-        mine = np.flatnonzero(tape.is_bar[i:j] & (tape.sym[i:j] == tape.code.get(symbol, -1)))
+        mine = tape.mine(i, j, symbol)
         first = int(mine[0]) if len(mine) else j - i
         if (checks[:first] & (tape.time[i:i + first] != engine._checked.get(symbol))).any():
             _widen(book, engine.marks[symbol], engine.marks[symbol])
@@ -308,14 +327,18 @@ def _receives(engine, tape:BarTape, name:str) -> np.ndarray:
 
 def _apply_venue(engine, tape:BarTape, name:str, venue, symbol:str, rows:np.ndarray):
     "A paper venue's bars (the events of its own name, or of a venue that is not a paper venue), and the order manager's views of them."
-    rows = rows[_receives(engine, tape, name)[tape.venue[rows]]]
+    takes = _receives(engine, tape, name)
+    if not (tape.uniform and takes[0]): rows = rows[takes[tape.venue[rows]]]
     if not len(rows): return
-    evs = [tape.events[r] for r in rows.tolist()]
+    lo, hi = int(rows[0]), int(rows[-1]) + 1
+    evs = tape.events[lo:hi] if hi - lo == len(rows) else [tape.events[r] for r in rows.tolist()]
     venue.last_bar[symbol] = evs[-1]
     venue._bars.setdefault(symbol, deque(maxlen=10_000)).extend(evs)
     om = engine.orders
     for n in ([name] if name in om.clients else om.clients):
         view = om.view(n, symbol)
         view.last = float(tape.close[rows[-1]])
-        view.volume = float(np.add.accumulate(np.concatenate([[view.volume], tape.volume[rows]]))[-1])   # sequential, as += bar by bar
+        volume = view.volume
+        for v in tape.volume[rows].tolist(): volume += v   # in order, as bar by bar
+        view.volume = volume
         view.timestamp = max(view.timestamp, int(tape.time[rows[-1]]))

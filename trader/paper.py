@@ -249,7 +249,7 @@ async def fetch_time(self:PaperExchange, params:dict={}) -> int:
 async def close(self:PaperExchange) -> None:
     "Nothing to release; here so code written for ccxt can always `await exchange.close()`."
 
-# %% ../nbs/05_paper.ipynb #4ff9e8f9
+# %% ../nbs/05_paper.ipynb #c892ba05
 @patch
 def _used(self:PaperExchange) -> dict[str, float]:
     used = {c: 0.0 for c in self._total}
@@ -291,6 +291,12 @@ def balance(self:PaperExchange) -> dict:
         out[c] = {'free': t - u, 'used': u, 'total': t}
         out['free'][c], out['used'][c], out['total'][c] = t - u, u, t
     return out
+
+@patch
+def holdings(self:PaperExchange) -> dict[str, float]:
+    "Currency -> non-zero total, in `balance()`'s order: what `trader.portfolio.holdings` reads from it, without building it."
+    upnl = self.derivatives.unrealized(self.mark_price)
+    return {c: t for c in sorted(set(self._total) | set(self._used())) if (t := self._total.get(c, 0.0) + upnl.get(c, 0.0))}
 
 # %% ../nbs/05_paper.ipynb #f7b136d6
 @patch

@@ -61,7 +61,7 @@ class ExitPolicy:
         if self.trailing_pct is not None and self.trailing_pct >= 1: raise PositionError(f"exit_policy.trailing_pct: must be below 1, got {self.trailing_pct}")
         if not (isinstance(self.atr_period, int) and self.atr_period > 0): raise PositionError(f"exit_policy.atr_period: must be a whole number > 0, got {self.atr_period!r}")
 
-# %% ../nbs/20_positions.ipynb #c0b7b869
+# %% ../nbs/20_positions.ipynb #36ff23b1
 class RollingATR:
     "Average true range: the simple mean of the last `period` true ranges."
     def __init__(self, period:int=14):
@@ -79,11 +79,9 @@ class RollingATR:
 
     def extend(self, high:np.ndarray, low:np.ndarray, close:np.ndarray):
         "Add many bars at once: the same state as `update` on each in turn."
-        if not len(close): return
-        pc = np.concatenate([[np.nan if self._prev_close is None else self._prev_close], close[:-1]])
-        tr = np.fmax(high - low, np.fmax(np.abs(high - pc), np.abs(low - pc)))   # fmax: the first bar ever has no previous close
-        self._tr.extend(tr[-self.period:].tolist())
-        self._prev_close, self._value = float(close[-1]), None
+        n = len(close); k = min(n, self.period)   # only the last `period` bars stay in the window
+        if k < n: self._prev_close = float(close[n - k - 1])
+        for h, l, c in zip(high[n - k:].tolist(), low[n - k:].tolist(), close[n - k:].tolist()): self.add(h, l, c)
 
     @property
     def value(self) -> float:
