@@ -20,7 +20,11 @@ __all__ = ['ALLOWED_BY_URGENCY', 'JOURNAL_KIND', 'ExecutionRecord', 'Implementat
            'estimate_market_impact', 'market_conditions', 'MarketSnapshot', 'SelectionPolicy', 'AlgoChoice',
            'choose_by_rules', 'summarize_executions', 'execution_recommendations', 'ExecutionAnalytics']
 
-# %% ../nbs/30_analytics.ipynb #23bbcd83
+# %% ../nbs/30_analytics.ipynb #f608a989
+def _fine(x) -> bool:
+    "A float already positive and finite (what `_positive` would return unchanged)."
+    return type(x) is float and 0 < x < math.inf
+
 def _positive(owner:str, name:str, x, optional:bool=False) -> float|None:
     return None if x is None and optional else positive_number(f"{owner}.{name}", x, what='a positive finite number')
 
@@ -52,14 +56,19 @@ class ExecutionRecord:
     def __post_init__(self):
         fix, who = (lambda k, v: object.__setattr__(self, k, v)), f"ExecutionRecord {self.order_id}"
         split_symbol(self.symbol)
-        try: fix('side', Side(self.side))
-        except ValueError: raise ValueError(f"{who}.side: must be 'buy' or 'sell', got {self.side!r}") from None
-        for k in ('amount', 'decision_price', 'arrival_price', 'end_price', 'contract_size'): fix(k, _positive(who, k, getattr(self, k)))
-        for k in ('limit_price', 'bid', 'ask', 'market_vwap'): fix(k, _positive(who, k, getattr(self, k), optional=True))
+        if type(self.side) is not Side:
+            try: fix('side', Side(self.side))
+            except ValueError: raise ValueError(f"{who}.side: must be 'buy' or 'sell', got {self.side!r}") from None
+        for k in ('amount', 'decision_price', 'arrival_price', 'end_price', 'contract_size'):
+            if not _fine(x := getattr(self, k)): fix(k, _positive(who, k, x))
+        for k in ('limit_price', 'bid', 'ask', 'market_vwap'):
+            if (x := getattr(self, k)) is not None and not _fine(x): fix(k, _positive(who, k, x, optional=True))
         if not self.decision_time <= self.arrival_time <= self.end_time:
             raise ValueError(f"{who}: times must satisfy decision_time <= arrival_time <= end_time, got "
                              f"{self.decision_time}, {self.arrival_time}, {self.end_time}")
-        fix('fills', tuple(self.fills)); fix('algo', str(self.algo)); fix('urgency', str(self.urgency))
+        if type(self.fills) is not tuple: fix('fills', tuple(self.fills))
+        if type(self.algo) is not str: fix('algo', str(self.algo))
+        if type(self.urgency) is not str: fix('urgency', str(self.urgency))
         for f in self.fills:
             if f.symbol != self.symbol or f.side != self.side:
                 raise ValueError(f"{who}.fills: fill {f.trade_id} is {f.side} {f.symbol}, the order is {self.side} {self.symbol}")

@@ -79,9 +79,14 @@ class SignalError(TraderError, ValueError):
 class OrderStateError(TraderError):
     "An order event that the order's current state does not allow."
 
-# %% ../nbs/00_core.ipynb #cbc92b56
+# %% ../nbs/00_core.ipynb #f646219a
 def split_symbol(symbol:str) -> tuple[str, str]:
     "The base and quote currency of a ccxt unified `symbol`."
+    if not isinstance(symbol, str): raise SignalError('symbol', "must be a string like 'BASE/QUOTE'", symbol)
+    return _split(symbol)
+
+@lru_cache(maxsize=4096)   # symbols repeat: every fill, order and record asks again
+def _split(symbol:str) -> tuple[str, str]:
     pair = symbol.split(':')[0]
     if pair.count('/') != 1 or not all(pair.split('/')):
         raise SignalError('symbol', "must look like 'BASE/QUOTE' or 'BASE/QUOTE:SETTLE'", symbol)

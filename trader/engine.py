@@ -173,7 +173,7 @@ def handle(self, ev:MarketEvent) -> None:
 
 LiveTradingEngine.handle = handle
 
-# %% ../nbs/54_engine.ipynb #193673f3
+# %% ../nbs/54_engine.ipynb #51391182
 async def execute_signal(self, signal, allocation_size:float|None=None) -> ExecutionResult:
     "Run one signal through risk, allocation, execution and position management."
     try: signal = self.as_signal(signal)
@@ -243,7 +243,7 @@ async def _fit_to_cash(self, signal:Signal, venue:str|None, amount:float, reason
     m = (c.markets or {}).get(signal.symbol, {}) if c is not None else {}
     price = self.marks.get(signal.symbol) or signal.entry
     if c is None or signal.side is not Side.BUY or m.get('contract') or not price: return amount
-    free = ((await c.fetch_balance()).get(m.get('quote')) or {}).get('free') or 0.0
+    free = await c.fetch_free(m.get('quote'))
     affordable = free / (price * (1 + 2 * float(m.get('taker') or 0)))
     if affordable >= amount: return amount
     cut = float(c.amount_to_precision(signal.symbol, affordable)) if affordable > 0 else 0.0

@@ -226,7 +226,7 @@ def check_order(self:ExchangeClient, symbol:str, side:str, amount, price=None) -
     _check_range(symbol, market, 'cost', 'notional', order_cost(market, rounded, rounded_price))
     return rounded, rounded_price
 
-# %% ../nbs/04_exchange.ipynb #4bacafda
+# %% ../nbs/04_exchange.ipynb #9e8d5da9
 @patch
 async def fetch_order(self:ExchangeClient, id:str|None, symbol:str|None=None, params:dict|None=None) -> dict:
     "One order by venue id (or by `params={'clientOrderId': ...}` where the venue supports it)."
@@ -251,6 +251,14 @@ async def fetch_my_trades(self:ExchangeClient, symbol:str|None=None, since:int|N
 async def fetch_balance(self:ExchangeClient, params:dict|None=None) -> dict:
     "Balances: ccxt's structure with `free`, `used`, `total` per currency."
     return await self._call('fetch_balance', dict(params or {}))
+
+@patch
+async def fetch_free(self:ExchangeClient, currency:str) -> float:
+    "`fetch_balance()[currency]['free']` (0 if absent); a venue that answers at once without a request (a paper venue without latency) is read directly."
+    ex = self.exchange
+    if getattr(ex, 'immediate', False) is True and callable(getattr(ex, 'free', None)): return float(ex.free(currency))
+    balance = await self.fetch_balance()
+    return float((balance.get(currency) or {}).get('free', (balance.get('free') or {}).get(currency)) or 0.0)
 
 @patch
 async def fetch_ticker(self:ExchangeClient, symbol:str, params:dict|None=None) -> dict:

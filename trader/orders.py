@@ -519,7 +519,7 @@ async def quote(self:SmartOrderManager, venue:str, symbol:str, side:str, amount:
     fee = _num(self.clients[venue].markets[symbol].get('taker'))
     return route_quote(venue, v.levels(side), amount, side, fee)
 
-# %% ../nbs/10_orders.ipynb #e2fd2ced
+# %% ../nbs/10_orders.ipynb #e6c450c5
 @patch
 async def _validate(self:SmartOrderManager, parent:ParentOrder, ctx:ExecutionContext) -> None:
     if parent.algo not in self.registry: raise OrderValidationError('algo', f"unknown algorithm; have {sorted(self.registry)}", parent.algo)
@@ -535,10 +535,7 @@ async def _validate(self:SmartOrderManager, parent:ParentOrder, ctx:ExecutionCon
 async def _check_balance(ctx:ExecutionContext, parent:ParentOrder, price:float, fee:float):
     base, quote = split_symbol(parent.symbol)
     ccy, need = (quote, parent.amount * price * (1 + fee)) if parent.side is Side.BUY else (base, parent.amount)
-    if ctx.immediate: free = ctx.paper.free(ccy)   # the paper venue's own figure: what fetch_balance()[ccy]['free'] says
-    else:
-        balance = await ctx.client.fetch_balance()
-        free = _num((balance.get(ccy) or {}).get('free', (balance.get('free') or {}).get(ccy)))
+    free = await ctx.client.fetch_free(ccy)
     if free < need * (1 - 1e-9): raise OrderValidationError('balance', f"needs {need:,.8g} {ccy} free on {parent.venue}, has {free:,.8g}")
 
 # %% ../nbs/10_orders.ipynb #32b8fb35
