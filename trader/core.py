@@ -93,7 +93,7 @@ def _split(symbol:str) -> tuple[str, str]:
     base, quote = pair.split('/')
     return base, quote
 
-# %% ../nbs/00_core.ipynb #0313a7d1
+# %% ../nbs/00_core.ipynb #11d8830b
 @lru_cache(maxsize=1)
 def known_venues() -> frozenset[str]:
     "Every ccxt exchange id, plus `'paper'`."
@@ -101,6 +101,7 @@ def known_venues() -> frozenset[str]:
     return frozenset(ccxt.exchanges) | {'paper'}
 
 def _price(field:str, value:Any, optional:bool=False) -> float|None:
+    if type(value) is float and 0 < value < math.inf: return value   # already what it must be
     if value is None:
         if optional: return None
         raise SignalError(field, 'is required')
@@ -113,6 +114,7 @@ def _price(field:str, value:Any, optional:bool=False) -> float|None:
     return x
 
 def _enum(cls, field:str, value:Any):
+    if type(value) is cls: return value
     try: return cls(value)
     except ValueError: raise SignalError(field, f"must be one of {[m.value for m in cls]}", value) from None
 
