@@ -83,7 +83,7 @@ def connect_exchange(exchange_id:str, *,
     if creds: exchange.logger.addFilter(RedactSecrets(creds.values()))
     return exchange
 
-# %% ../nbs/04_exchange.ipynb #11386755
+# %% ../nbs/04_exchange.ipynb #fa411b24
 def _limit(market:dict, group:str, bound:str) -> float|None:
     v = ((market.get('limits') or {}).get(group) or {}).get(bound)
     return None if v is None else float(v)
@@ -97,9 +97,11 @@ def _positive(symbol:str, name:str, x) -> float:
 
 def _check_range(symbol:str, market:dict, group:str, what:str, value:float, raw=None):
     lo, hi = _limit(market, group, 'min'), _limit(market, group, 'max')
-    shown = f"{what} {value:.12g}" + ('' if raw is None or float(raw) == value else f" (rounded from {raw})")
-    if lo is not None and value < lo: raise ccxt.InvalidOrder(f"{symbol}: {shown} is below limits.{group}.min {lo:.12g}")
-    if hi is not None and value > hi: raise ccxt.InvalidOrder(f"{symbol}: {shown} is above limits.{group}.max {hi:.12g}")
+    if lo is not None and value < lo: raise ccxt.InvalidOrder(f"{symbol}: {_shown(what, value, raw)} is below limits.{group}.min {lo:.12g}")
+    if hi is not None and value > hi: raise ccxt.InvalidOrder(f"{symbol}: {_shown(what, value, raw)} is above limits.{group}.max {hi:.12g}")
+
+def _shown(what:str, value:float, raw) -> str:
+    return f"{what} {value:.12g}" + ('' if raw is None or float(raw) == value else f" (rounded from {raw})")
 
 def order_cost(market:dict, amount:float, price:float) -> float:
     "Notional in the quote currency: contracts times contract size, times price unless inverse."
