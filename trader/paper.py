@@ -254,7 +254,7 @@ async def fetch_time(self:PaperExchange, params:dict={}) -> int:
 async def close(self:PaperExchange) -> None:
     "Nothing to release; here so code written for ccxt can always `await exchange.close()`."
 
-# %% ../nbs/05_paper.ipynb #c892ba05
+# %% ../nbs/05_paper.ipynb #c630ddb1
 @patch
 def _used(self:PaperExchange) -> dict[str, float]:
     used = {c: 0.0 for c in self._total}
@@ -291,8 +291,8 @@ def balance(self:PaperExchange) -> dict:
     out = {'info': {'venue': 'paper', 'walletBalance': dict(self._total), 'unrealizedPnl': upnl},
            'timestamp': self.clock.ms(), 'free': {}, 'used': {}, 'total': {}}
     out['datetime'] = _iso(out['timestamp'])
-    for c in sorted(set(self._total) | set(used)):
-        t, u = self._total.get(c, 0.0) + upnl.get(c, 0.0), used.get(c, 0.0)
+    for c, t in _totals(self, used, upnl).items():
+        u = used.get(c, 0.0)
         out[c] = {'free': t - u, 'used': u, 'total': t}
         out['free'][c], out['used'][c], out['total'][c] = t - u, u, t
     return out
@@ -300,8 +300,11 @@ def balance(self:PaperExchange) -> dict:
 @patch
 def holdings(self:PaperExchange) -> dict[str, float]:
     "Currency -> non-zero total, in `balance()`'s order: what `trader.portfolio.holdings` reads from it, without building it."
-    upnl = self.derivatives.unrealized(self.mark_price)
-    return {c: t for c in sorted(set(self._total) | set(self._used())) if (t := self._total.get(c, 0.0) + upnl.get(c, 0.0))}
+    return {c: t for c, t in _totals(self, self._used(), self.derivatives.unrealized(self.mark_price)).items() if t}
+
+def _totals(ex:PaperExchange, used:dict, upnl:dict) -> dict[str, float]:
+    "Currency -> wallet total plus unrealized P&L, for every currency held or on hold, sorted."
+    return {c: ex._total.get(c, 0.0) + upnl.get(c, 0.0) for c in sorted(set(ex._total) | set(used))}
 
 # %% ../nbs/05_paper.ipynb #f7b136d6
 @patch
