@@ -483,7 +483,7 @@ def _job_failed(self, job:str, e:Exception):
 for _f in (_intervals, check_positions, update_pnl, _must_fetch, _fetch_balances, take_balances, take_holdings, _revalue, check_risk, record_performance, run_due,
            _take_due, _run_jobs_now, _run_job, _run_job_sync, _job_failed): setattr(LiveTradingEngine, _f.__name__, _f)
 
-# %% ../nbs/54_engine.ipynb #10ad778a
+# %% ../nbs/54_engine.ipynb #0c1d2975
 async def start_live_trading(self, mode:str='paper'):
     "Start consuming signals (and, outside simulation, the monitoring loops)."
     if mode not in MODES: raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
@@ -564,18 +564,18 @@ async def _every(self, job:str, seconds:float):
         except Exception as e: self.counts['errors'] += 1; log.exception("monitoring job %s failed", job)
 
 def _in_flight(self) -> bool:
-    "Whether work is left: queued signals (while the consumer runs), executions, exit callbacks."
-    return bool((self.running and len(self.queue)) or self._tasks or self.positions.pending_callbacks)
+    "Whether work is left: queued signals (while the consumer runs), executions and exits (every one is a task of the engine)."
+    return bool((self.running and len(self.queue)) or self._tasks)
 
 async def drain(self, timeout:float|None=None) -> bool:
     "Wait (on the clock) until the queue is empty and no execution is in flight; False if `timeout` passed first."
     deadline = None if timeout is None else self.clock.time() + timeout
     while self._in_flight():
         if deadline is not None and self.clock.time() >= deadline: return False
-        if isinstance(self.clock, SimClock) and not (self.clock.next_deadline or 0) and not self._tasks and not self.positions.pending_callbacks:
+        if isinstance(self.clock, SimClock) and not (self.clock.next_deadline or 0) and not self._tasks:
             await self.clock.settle()
             if not self._in_flight(): break
-        await self.clock.sleep(0.5) if (self._tasks or self.positions.pending_callbacks) else await asyncio.sleep(0)
+        await self.clock.sleep(0.5) if self._tasks else await asyncio.sleep(0)
     return True
 
 async def stop_live_trading(self, grace:float=30.0):

@@ -170,7 +170,7 @@ def _mark_series(cur:str, quote:str, marks, series):
     if marks.get(f"{quote}/{cur}"): return 1.0 / series(f"{quote}/{cur}")
     return None
 
-# %% ../nbs/56_fast_forward.ipynb #f8703543
+# %% ../nbs/56_fast_forward.ipynb #d3d0c48f
 def quiet_span(engine, events:Sequence[MarketEvent], i:int, end:float|None=None) -> int:
     "How many events from `i` on `engine` applied in bulk (0: deliver event `i` as usual)."
     if not _idle(engine): return 0
@@ -190,7 +190,7 @@ def _idle(engine) -> bool:
     "Nothing in flight that a stretch could step over."
     clock = engine.clock
     return (engine.fast_forward and engine.mode == 'simulation' and engine.running and not engine.halted and isinstance(clock, SimClock)
-            and not len(engine.queue) and not engine._tasks and not engine._working_entries and not engine.positions.pending_callbacks
+            and not len(engine.queue) and not engine._tasks and not engine._working_entries
             and not engine.orders._tasks and engine._holdings is not None
             and engine.portfolio._equity is not None and not engine.positions.holds_contracts()
             and not any(v._open for v in engine.paper_venues.values()) and not _loop_busy() and _balances_known(engine))

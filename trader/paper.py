@@ -168,7 +168,7 @@ def _offline_ccxt(exchange_id:str, markets:dict) -> ccxt.Exchange:
     ex.set_markets(markets)
     return ex
 
-# %% ../nbs/05_paper.ipynb #d291e4f9
+# %% ../nbs/05_paper.ipynb #18de15f2
 @patch
 async def load_markets(self:PaperExchange, reload:bool=False, params:dict={}) -> dict:
     "The markets (already loaded)."
@@ -204,8 +204,8 @@ def _grid_decimals(ex:PaperExchange, how:str, symbol:str) -> int|None:
     key = (how, symbol)
     if key not in ex._grids:
         step = ((ex.market(symbol).get('precision') or {}).get(how))
-        d = step if ex._precision.precisionMode == ccxt.DECIMAL_PLACES else _decimals_of(step)
-        ex._grids[key] = d if isinstance(d, int) and 0 <= d <= 15 else None
+        d = _decimals_of(step) if ex._precision.precisionMode == ccxt.TICK_SIZE else None   # the mode of every bundled venue
+        ex._grids[key] = d if d is not None and d <= 15 else None
     return ex._grids[key]
 
 def _decimals_of(step) -> int|None:
