@@ -155,6 +155,22 @@ async def test_allocation_size_caps_the_order():
     assert r.status == 'filled' and r.size == pytest.approx(math.floor(600 / 58_000 / 1e-5) * 1e-5, abs=1e-12)
     assert sum(f.amount for f in r.fills) == pytest.approx(0.01034)
 
+async def test_each_finished_parent_is_journaled_once():
+    "One row per finished parent: the analytics' `execution` row when the analytics write to the engine's journal, else the engine's `parent_order` row."
+    eng, paper, clock, df, events = build()
+    eng.analytics.journal = eng.journal
+    await feed(eng, clock, events[:5])
+    filled = await clock.run(eng.execute_signal(sig(algo='market')))
+    with pytest.raises(Exception, match='balance'):   # selling 1 BTC that is not held fails validation: the analytics never see it
+        await clock.run(eng.orders.execute(OrderRequest('BTC/USDT', 'sell', 1.0, algo='market'), venue='binance'))
+    failed = list(eng.orders.parents.values())[-1]
+    eng.analytics.journal = None                      # the analytics keep their records elsewhere
+    second = await clock.run(eng.execute_signal(sig(algo='market', client_id='second')))
+    rows = [(e.kind, e.key or e.payload['order_id']) for e in eng.journal.load(('execution', 'parent_order'))]
+    assert rows == [('execution', filled.parent.id), ('parent_order', failed.id), ('parent_order', second.parent.id)]
+    assert failed.status == 'failed' and 'balance' in eng.journal.load('parent_order')[0].payload['reason']
+    assert eng.journal.load('execution')[0].payload['reason'] == filled.parent.reason == 'market order done'
+
 async def test_size_below_the_venue_step_is_rejected_not_raised():
     "A budget too small for one step of the venue (0.5 USDT -> 8.6e-6 BTC < 0.00001) is a rejection, not an exception."
     eng, paper, clock, df, events = build()

@@ -20,7 +20,7 @@ __all__ = ['ALLOWED_BY_URGENCY', 'JOURNAL_KIND', 'ExecutionRecord', 'Implementat
            'estimate_market_impact', 'market_conditions', 'MarketSnapshot', 'SelectionPolicy', 'AlgoChoice',
            'choose_by_rules', 'summarize_executions', 'execution_recommendations', 'ExecutionAnalytics']
 
-# %% ../nbs/30_analytics.ipynb #f608a989
+# %% ../nbs/30_analytics.ipynb #68a584b9
 def _fine(x) -> bool:
     "A float already positive and finite (what `_positive` would return unchanged)."
     return type(x) is float and 0 < x < math.inf
@@ -52,6 +52,7 @@ class ExecutionRecord:
     urgency: str = 'normal'
     market_vwap: float|None = None  # market VWAP over [arrival_time, end_time]; None: from recorded trades
     contract_size: float = 1.0    # base per unit of amount: 1 for spot, the contract size for derivatives
+    reason: str = ''              # why it ended short of filled (the order manager's words), if it did
 
     def __post_init__(self):
         fix, who = (lambda k, v: object.__setattr__(self, k, v)), f"ExecutionRecord {self.order_id}"

@@ -307,7 +307,7 @@ def _base_markets(client, symbol, cs):
 
 for _f in (_client, contract_size, venue_amount, _round_base, equity, _risk_numbers, risk_state): setattr(LiveTradingEngine, _f.__name__, _f)
 
-# %% ../nbs/54_engine.ipynb #54422f69
+# %% ../nbs/54_engine.ipynb #f1a00c93
 async def _on_exit_request(self, req:ExitRequest):
     pos = self.positions.positions.get(req.position_id)
     venue = req.venue if req.venue in self.orders.clients else (pos.venue if pos is not None and pos.venue in self.orders.clients else None)
@@ -361,10 +361,15 @@ def _on_execution_event(self, ev):
     elif isinstance(ev, ChildOrderUpdated): self._journal('order_event', encode_order_event(ev.event), key=ev.event.client_order_id)
     elif isinstance(ev, ExecutionCompleted):
         p = ev.parent
-        self._journal('parent_order', p.to_dict(), key=p.id)
-        if self.analytics is not None and p.arrival_time is not None:   # unfilled orders too: their shortfall is all opportunity cost
-            try: self.analytics.on_execution_completed(ExecutionRecord(**p.to_execution_record(), contract_size=self.contract_size(p.symbol, p.venue)))
-            except Exception as e: log.warning("analytics could not record %s: %s", p.id, e)
+        if not self._recorded(p): self._journal('parent_order', p.to_dict(), key=p.id)
+
+def _recorded(self, p) -> bool:
+    "Give a finished parent to the analytics (unfilled ones too: their shortfall is all opportunity cost); whether its `execution` row went to the journal."
+    if self.analytics is None or p.arrival_time is None: return False
+    try: self.analytics.on_execution_completed(ExecutionRecord(**p.to_execution_record(), contract_size=self.contract_size(p.symbol, p.venue)))
+    except Exception as e:
+        log.warning("analytics could not record %s: %s", p.id, e); return False
+    return self.analytics.journal is self.journal
 
 def _on_risk_event(self, ev):
     "Journal every risk event; alert on a new trip, not on the same limit re-tripping after each cooldown."
@@ -385,7 +390,7 @@ def _record_closed(self, pos):
         self.performance.record_trade(pos.realized_pnl, pos.strategy, pos.opened_at, pos.closed_at, symbol=pos.symbol,
                                       side=pos.side.value, fees=pos.fees_paid)
 
-for _f in (_on_exit_request, _exit_amount, _write_off_dust, _exit_failed, _retry_exit_after, _on_execution_event, _on_risk_event, _record_closed): setattr(LiveTradingEngine, _f.__name__, _f)
+for _f in (_on_exit_request, _exit_amount, _write_off_dust, _exit_failed, _retry_exit_after, _on_execution_event, _recorded, _on_risk_event, _record_closed): setattr(LiveTradingEngine, _f.__name__, _f)
 
 # %% ../nbs/54_engine.ipynb #9d250c5d
 def _intervals(self) -> dict[str, float]:

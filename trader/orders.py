@@ -50,7 +50,7 @@ PARENT_TERMINAL = frozenset({'completed', 'failed', 'canceled'})
 class ParentStateError(TraderError):
     "A parent order move that its current state does not allow."
 
-# %% ../nbs/10_orders.ipynb #5c37a698
+# %% ../nbs/10_orders.ipynb #409ccb79
 _PLAIN_KEYS = tuple('id symbol amount algo venue strategy decision_price decision_time limit_price stop_price target_price status reason '
                     'arrival_price arrival_time end_time end_price leftover'.split())
 
@@ -162,7 +162,7 @@ class ParentOrder:
                     decision_time=min(self.decision_time, self.arrival_time), arrival_price=self.arrival_price, arrival_time=self.arrival_time,
                     end_price=self.end_price or self.arrival_price, end_time=end, fills=tuple(self.fills), venue=self.venue, algo=self.algo,
                     strategy=self.strategy, limit_price=self.limit_price, bid=self.arrival_bid, ask=self.arrival_ask,
-                    status=self.status, urgency=str(self.urgency))
+                    status=self.status, urgency=str(self.urgency), reason=self.reason)
 
     def __repr__(self):
         avg = '' if self.average_price is None else f" @ {self.average_price:,.6g}"
