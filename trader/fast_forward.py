@@ -23,7 +23,7 @@ WINDOW = 1024      # the most events one stretch looks ahead
 # %% auto #0
 __all__ = ['log', 'WINDOW', 'BarTape', 'plan_replay', 'job_runs', 'exit_stop', 'equity_path', 'quiet_span', 'replay_risk']
 
-# %% ../nbs/56_fast_forward.ipynb #43ff7ed7
+# %% ../nbs/56_fast_forward.ipynb #b8f50ddd
 _FIELDS = ('timestamp', 'timeframe_ms', 'open', 'high', 'low', 'close', 'volume')
 _BAR = attrgetter(*_FIELDS)
 
@@ -41,8 +41,8 @@ class BarTape:
         self.is_bar = np.fromiter((isinstance(e, Bar) for e in events), bool, n)
         ts, tf, self.open, self.high, self.low, self.close, self.volume = _columns(events, self.is_bar)
         self.time = (ts + tf).astype(np.int64)          # a bar's close time; another event's timestamp
-        self.sym = np.array([self.code[e.symbol] for e in events], np.int32)
-        self.venue = np.array([vcode[e.venue] for e in events], np.int32)
+        self.sym = _codes(events, 'symbol', self.code)
+        self.venue = _codes(events, 'venue', vcode)
         self.uniform = len(self.symbols) == 1 and len(self.venues) == 1 and bool(self.is_bar.all())   # one venue's bars of one symbol
         self.seconds, self.time_f = self.time / 1000, self.time.astype(float)   # the clock's reading at each event; ms as floats
         self.need = ~self.is_bar                  # events that must go through the engine one by one
@@ -75,6 +75,11 @@ class BarTape:
         n = len(self); at = np.where(self.need, np.arange(n), n)
         self.next_need = np.minimum.accumulate(at[::-1])[::-1]
 
+def _codes(events:Sequence[MarketEvent], field:str, code:Mapping[str, int]) -> np.ndarray:
+    "Each event's code of `field` (all zeros when there is one value)."
+    if len(code) == 1: return np.zeros(len(events), np.int32)
+    return np.fromiter((code[x] for x in map(attrgetter(field), events)), np.int32, len(events))
+
 def _columns(events:Sequence[MarketEvent], is_bar:np.ndarray) -> list[np.ndarray]:
     "The `_FIELDS` columns: a bar's own, (timestamp, 0, NaN...) for other events."
     n = len(events)
@@ -83,7 +88,7 @@ def _columns(events:Sequence[MarketEvent], is_bar:np.ndarray) -> list[np.ndarray
     a = np.array([_BAR(e) if b else (e.timestamp, *other) for e, b in zip(events, is_bar.tolist())], dtype=float).reshape(n, 7)
     return [np.ascontiguousarray(a[:, k]) for k in range(7)]
 
-# %% ../nbs/56_fast_forward.ipynb #24f91928
+# %% ../nbs/56_fast_forward.ipynb #10b6a272
 def plan_replay(engine, events:Sequence[MarketEvent]) -> BarTape:
     "The tape of `events`, with every strategy's plan made and the events that must be delivered one by one marked."
     tape = BarTape(events)
@@ -101,8 +106,7 @@ def plan_replay(engine, events:Sequence[MarketEvent]) -> BarTape:
 def _plan(strategy, symbol:str, tape:BarTape, rows:np.ndarray) -> np.ndarray:
     if not isinstance(strategy, Strategy) or type(strategy).on_bar is not Strategy.on_bar:
         raise NotImplementedError("it decides in its own on_bar")
-    keys = list(zip(tape.time[rows].tolist(), [tape.venues[v] for v in tape.venue[rows].tolist()]))
-    return strategy.plan(symbol, tape.frame(rows), keys)
+    return strategy.plan(symbol, tape.frame(rows), tape.time[rows], np.asarray(tape.venues)[tape.venue[rows]])
 
 # %% ../nbs/56_fast_forward.ipynb #bd4b5d52
 def job_runs(due:Mapping[str, float], intervals:Mapping[str, float], t:np.ndarray,

@@ -61,7 +61,7 @@ class ExitPolicy:
         if self.trailing_pct is not None and self.trailing_pct >= 1: raise PositionError(f"exit_policy.trailing_pct: must be below 1, got {self.trailing_pct}")
         if not (isinstance(self.atr_period, int) and self.atr_period > 0): raise PositionError(f"exit_policy.atr_period: must be a whole number > 0, got {self.atr_period!r}")
 
-# %% ../nbs/20_positions.ipynb #36ff23b1
+# %% ../nbs/20_positions.ipynb #30b09007
 class RollingATR:
     "Average true range: the simple mean of the last `period` true ranges."
     def __init__(self, period:int=14):
@@ -73,15 +73,19 @@ class RollingATR:
 
     def add(self, high:float, low:float, close:float):
         "Add one bar (the ATR is computed when read)."
-        pc = self._prev_close
-        self._tr.append(high - low if pc is None else max(high - low, abs(high - pc), abs(low - pc)))
-        self._prev_close, self._value = close, None
+        self._add_all(((high, low, close),))
 
     def extend(self, high:np.ndarray, low:np.ndarray, close:np.ndarray):
         "Add many bars at once: the same state as `update` on each in turn."
         n = len(close); k = min(n, self.period)   # only the last `period` bars stay in the window
         if k < n: self._prev_close = float(close[n - k - 1])
-        for h, l, c in zip(high[n - k:].tolist(), low[n - k:].tolist(), close[n - k:].tolist()): self.add(h, l, c)
+        self._add_all(zip(high[n - k:].tolist(), low[n - k:].tolist(), close[n - k:].tolist()))
+
+    def _add_all(self, bars:Iterable[tuple[float, float, float]]):
+        tr, pc = self._tr, self._prev_close
+        for h, l, c in bars:
+            tr.append(h - l if pc is None else max(h - l, abs(h - pc), abs(l - pc))); pc = c
+        self._prev_close, self._value = pc, None
 
     @property
     def value(self) -> float:

@@ -72,7 +72,7 @@ def decode_order_event(d:dict) -> OrderEvent:
     if d.get('fill') is not None: d['fill'] = decode_fill(d['fill'])
     return cls(**d)
 
-# %% ../nbs/51_store.ipynb #e273de47
+# %% ../nbs/51_store.ipynb #b9211d4c
 @dataclass(frozen=True)
 class JournalEntry:
     "One journaled event."
@@ -93,7 +93,7 @@ class Journal:
         if self.path != ':memory:': Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self.db.execute('PRAGMA journal_mode=WAL'); self.db.execute('PRAGMA synchronous=NORMAL')
-        self.db.execute(self.SCHEMA); self.db.execute('CREATE INDEX IF NOT EXISTS events_kind ON events(kind)')
+        self.db.execute(self.SCHEMA)   # no index on kind: rows are written on the trading path and read at a restart, which reads most of them
         self._pending: list[tuple] = []
 
     def append(self, kind:str, payload:Any, ts:int=0, key:str|None=None) -> None:

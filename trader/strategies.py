@@ -14,7 +14,7 @@ from .data import candles_to_bars
 # %% auto #0
 __all__ = ['Strategy', 'RollingWindow', 'MomentumStrategy', 'MeanReversionStrategy', 'BreakoutStrategy', 'run_online']
 
-# %% ../nbs/50_strategies.ipynb #3b3770ff
+# %% ../nbs/50_strategies.ipynb #de227869
 class Strategy:
     "Base class: turns closed bars into entry and exit `Signal`s, online or vectorized."
     warmup: int = 1   # bars needed before the first decision
@@ -59,13 +59,15 @@ class Strategy:
         entries, exits = _alternate(enter.fillna(False).to_numpy(bool), leave.fillna(False).to_numpy(bool))
         return pd.DataFrame({'entries': entries, 'exits': exits}, index=candles.index)
 
-    def plan(self, symbol:str, candles:pd.DataFrame, keys:list[tuple[int, str]]) -> np.ndarray:
-        "Precompute the signals of a replay of `symbol` seen from its start (`keys`: each candle's close time and venue); the rows with a signal."
-        if len(keys) != len(candles) or len(set(keys)) != len(keys): raise ValueError(f"{self.name}: plan needs one unique (close_time, venue) key per candle of {symbol}")
+    def plan(self, symbol:str, candles:pd.DataFrame,
+             close_ms:np.ndarray, venue:np.ndarray) -> np.ndarray: # each candle's close time (ms) and venue name
+        "Precompute the signals of a replay of `symbol` seen from its start; the rows with a signal."
+        if not len(close_ms) == len(venue) == len(candles) or not _unique_pairs(close_ms, venue):
+            raise ValueError(f"{self.name}: plan needs one unique (close_time, venue) key per candle of {symbol}")
         s = self.signals(candles)
         entries, exits = s['entries'].to_numpy(), s['exits'].to_numpy()
         rows = np.flatnonzero(entries | exits)
-        self._plans[symbol] = {keys[i]: (bool(entries[i]), bool(exits[i])) for i in rows}
+        self._plans[symbol] = {(int(close_ms[i]), str(venue[i])): (bool(entries[i]), bool(exits[i])) for i in rows}
         return rows
 
     def reset(self): self._state.clear(); self._plans.clear()
@@ -74,6 +76,10 @@ class Strategy:
     def __repr__(self): return f"{self.name}({', '.join(self.symbols)}, {self.side.value})"
 
 _NOTHING = (False, False)
+
+def _unique_pairs(a:np.ndarray, b:np.ndarray) -> bool:
+    "Whether no (a, b) pair repeats (at once when `a` strictly increases)."
+    return bool((np.diff(a) > 0).all()) or len(set(zip(a.tolist(), b.tolist()))) == len(a)
 
 def _alternate(enter:np.ndarray, leave:np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     "Keep an entry only when out of the market and an exit only when in it (what `on_bar` does)."
