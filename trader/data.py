@@ -27,7 +27,7 @@ def sample_path(*parts:str) -> Path:
     if not p.exists(): raise FileNotFoundError(f"no bundled sample file {p.relative_to(SAMPLE_DIR)}; have: {sorted(x.name for x in p.parent.glob('*'))}")
     return p
 
-# %% ../nbs/03_data.ipynb #2915e677
+# %% ../nbs/03_data.ipynb #0bca4a6c
 OHLCV = ['open', 'high', 'low', 'close', 'volume']
 SAMPLE_CANDLES = {'BTC/USDT': 'binance_spot_BTC_USDT-1m_2024-07-26_2024-08-25.feather',
                   'ETH/USDT': 'binance_spot_ETH_USDT-1m_2024-07-26_2024-08-25.feather'}
@@ -50,9 +50,19 @@ def tidy_candles(df:pd.DataFrame, source:str='frame') -> pd.DataFrame:
     idx = pd.DatetimeIndex(pd.to_datetime(t, utc=True), name='time').as_unit('ms')
     out = pd.DataFrame({c: df[c].to_numpy(dtype='float64') for c in OHLCV}, index=idx).sort_index()
     if out.index.has_duplicates: raise ValueError(f"{source}: {int(out.index.duplicated().sum())} duplicate candle times")
+    _check_values(out, source)
     bad = (out.high < out[['open', 'close']].max(axis=1)) | (out.low > out[['open', 'close']].min(axis=1))
     if bad.any(): raise ValueError(f"{source}: {int(bad.sum())} candles where high/low do not bracket open/close, first at {out.index[bad][0]}")
     return out
+
+def _check_values(out:pd.DataFrame, source:str):
+    "Prices must be positive and volumes non-negative, all finite (a NaN would slip through every comparison)."
+    for c in OHLCV:
+        x = out[c].to_numpy()
+        bad = ~np.isfinite(x) | ((x < 0) if c == 'volume' else (x <= 0))
+        if bad.any():
+            what = 'non-negative' if c == 'volume' else 'positive'
+            raise ValueError(f"{source}: {int(bad.sum())} candles with a {c} that is not a finite {what} number, first at {out.index[bad][0]} ({float(x[bad][0])!r})")
 
 def load_candles(source:str|Path='BTC/USDT', start=None, end=None) -> pd.DataFrame:
     "Candles from the bundled sample (`'BTC/USDT'`, `'ETH/USDT'`) or a file, optionally sliced to [`start`, `end`)."
