@@ -92,7 +92,7 @@ class LiveTradingEngine:
         return (f"LiveTradingEngine({self.mode or 'stopped'}, {len(self.strategies)} strategies, {len(self.queue)} queued, "
                 f"{len(self.positions.open_positions())} open positions, counts {self.counts})")
 
-# %% ../nbs/54_engine.ipynb #8202739a
+# %% ../nbs/54_engine.ipynb #e0af71c6
 def _venue_names(self) -> set[str]: return set(self.orders.clients) | {'paper'}
 
 def register_strategy(self, name:str, strategy, allocation:float):
@@ -119,7 +119,7 @@ def submit(self, signal) -> str|None:
     if sig.timestamp is None: sig = _stamped(sig, self.clock.ms())
     self.counts['signals'] += 1
     self._submitted[id(sig)] = time.perf_counter()
-    self._journal('signal', sig.to_dict(), key=sig.client_id)
+    self._journal('signal', sig, key=sig.client_id)   # the journal writes a dataclass as its fields
     return self.queue.put(sig, wake=not self._stepping)   # a simulation step takes its own signals
 
 def _stamped(sig:Signal, ts:int) -> Signal:
