@@ -174,11 +174,12 @@ def _mark_series(cur:str, quote:str, marks, series):
     if marks.get(f"{quote}/{cur}"): return 1.0 / series(f"{quote}/{cur}")
     return None
 
-# %% ../nbs/56_fast_forward.ipynb #d3d0c48f
+# %% ../nbs/56_fast_forward.ipynb #2e1f87d5
 def quiet_span(engine, events:Sequence[MarketEvent], i:int, end:float|None=None) -> int:
     "How many events from `i` on `engine` applied in bulk (0: deliver event `i` as usual)."
-    if not _idle(engine): return 0
     tape = engine.replay
+    if tape is not None and tape.events is events and tape.next_need[i] <= i: return 0   # event `i` itself goes one by one
+    if not _idle(engine): return 0
     if tape is None or tape.events is not events: tape = engine.replay = plan_replay(engine, events)
     j = min(int(tape.next_need[i]), i + WINDOW, _before_time(tape, i, engine.clock.next_deadline, end))
     if j <= i: return 0
