@@ -23,7 +23,7 @@ WINDOW = 1024      # the most events one stretch looks ahead
 # %% auto #0
 __all__ = ['log', 'WINDOW', 'BarTape', 'plan_replay', 'job_runs', 'exit_stop', 'equity_path', 'quiet_span', 'replay_risk']
 
-# %% ../nbs/56_fast_forward.ipynb #b8f50ddd
+# %% ../nbs/56_fast_forward.ipynb #77818af1
 _FIELDS = ('timestamp', 'timeframe_ms', 'open', 'high', 'low', 'close', 'volume')
 _BAR = attrgetter(*_FIELDS)
 
@@ -39,7 +39,7 @@ class BarTape:
         self.symbols = sorted({e.symbol for e in events}); self.code = {s: k for k, s in enumerate(self.symbols)}
         self.venues = sorted({e.venue for e in events}); vcode = {v: k for k, v in enumerate(self.venues)}
         self.is_bar = np.fromiter((isinstance(e, Bar) for e in events), bool, n)
-        ts, tf, self.open, self.high, self.low, self.close, self.volume = _columns(events, self.is_bar)
+        ts, tf, self.open, self.high, self.low, self.close, self.volume = map(_read_only, _columns(events, self.is_bar))
         self.time = (ts + tf).astype(np.int64)          # a bar's close time; another event's timestamp
         self.sym = _codes(events, 'symbol', self.code)
         self.venue = _codes(events, 'venue', vcode)
@@ -60,6 +60,13 @@ class BarTape:
         "Positions of `symbol`'s bars in the stretch [i, j), counted from `i` (read only)."
         if self.uniform and j - i <= WINDOW: return _RANGE[:j - i] if symbol == self.symbols[0] else _RANGE[:0]
         return np.flatnonzero(self.is_bar[i:j] & (self.sym[i:j] == self.code.get(symbol, -1)))
+
+    def prices(self, rows:np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        "High, low and close at `rows` (ascending): views when the rows are contiguous (read only), copies otherwise."
+        if not len(rows): return self.high[:0], self.low[:0], self.close[:0]
+        lo, hi = int(rows[0]), int(rows[-1]) + 1
+        if hi - lo == len(rows): return self.high[lo:hi], self.low[lo:hi], self.close[lo:hi]
+        return self.high[rows], self.low[rows], self.close[rows]
 
     def frame(self, rows:np.ndarray) -> pd.DataFrame:
         "The candles at `rows`, as a strategy's `frame_signals` reads them."
@@ -215,15 +222,14 @@ def _before_time(tape:BarTape, i:int, deadline:float|None, end:float|None) -> in
     if end is not None: j = min(j, i + int(np.searchsorted(tape.seconds[i:i + WINDOW], end, 'right')))
     return j
 
-# %% ../nbs/56_fast_forward.ipynb #864afec2
+# %% ../nbs/56_fast_forward.ipynb #c55ba9a3
 def _exits_clear(engine, tape:BarTape, i:int, j:int) -> int:
     "Events before the first at which an open position could exit."
     stop = j - i
     for symbol, book in engine.positions.books.items():
         if not book: continue
         mine = tape.mine(i, j, symbol)
-        k = i + mine
-        stop = min(stop, exit_stop(book, tape.high[k], tape.low[k], tape.close[k], engine.marks.get(symbol), tape.time_f[i:j], mine))
+        stop = min(stop, exit_stop(book, *tape.prices(i + mine), engine.marks.get(symbol), tape.time_f[i:j], mine))
     return stop
 
 # %% ../nbs/56_fast_forward.ipynb #eb9b9ac4
@@ -273,7 +279,7 @@ def _risk_quick(engine, t, eq, revalue, check):
     last = float(eq[-1])
     return n, (last, float(hwm[-1]), p._day, p.day_start_equity, last), eq.tolist()
 
-# %% ../nbs/56_fast_forward.ipynb #ad78300e
+# %% ../nbs/56_fast_forward.ipynb #1be510fc
 def _apply(engine, tape:BarTape, i:int, j:int, runs:Mapping[str, np.ndarray], state:tuple, equity:list[float]):
     engine.counts['events'] += j - i
     _apply_checks(engine, tape, i, j, runs['positions'][:j - i])
@@ -315,7 +321,7 @@ def _apply_bars(engine, tape:BarTape, symbol:str, rows:np.ndarray):
     last, close = int(rows[-1]), float(tape.close[rows[-1]])
     engine.marks[symbol] = engine.positions.marks[symbol] = close
     engine._checked[symbol] = int(tape.time[last])
-    h, l, c = tape.high[rows], tape.low[rows], tape.close[rows]
+    h, l, c = tape.prices(rows)
     if book := engine.positions.books.get(symbol): _widen(book, float(h.max()), float(l.min()))
     pm = engine.positions
     pm.atr.setdefault(symbol, RollingATR(pm.exit_policy.atr_period)).extend(h, l, c)
