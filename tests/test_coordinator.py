@@ -146,6 +146,23 @@ async def test_seed_loop_runs_strategies_and_report_counts_every_order():
     assert not c.trading_engine.running and not c.trading_engine._loops
     assert c.trading_engine.positions.positions['pos-000001'].symbol == 'BTC/USDT:USDT'
 
+async def test_each_strategy_has_an_equity_curve_and_they_add_up_to_the_account():
+    "Each strategy's equity is its allocation of the starting equity plus its positions' P&L; their gains add up to the account's."
+    c = await coordinator(start='2024-08-04', end='2024-08-06', exchange_clients=None, cfg={'risk': {'min_reward_risk': 0.0}})
+    register_three(c)
+    await c.run_production_loop('simulation')
+    eng = c.trading_engine; perf = eng.performance
+    assert perf.strategies == ['breakout', 'mean_reversion', 'momentum']
+    start = {'momentum': 3000.0, 'mean_reversion': 3000.0, 'breakout': 4000.0}
+    summary = perf.summary()
+    for name, capital in start.items():
+        curve = perf.equity(name)
+        assert len(curve) == len(perf.equity()) and curve.iloc[0] == pytest.approx(capital, abs=0.5)
+        assert curve.iloc[-1] == pytest.approx(capital + eng.positions.strategy_pnl()[name], rel=1e-12)
+        assert summary.loc[name, 'total_return'] == pytest.approx(curve.iloc[-1] / curve.iloc[0] - 1) and summary.loc[name, 'trades'] > 0
+    gains = sum(perf.equity(n).iloc[-1] - capital for n, capital in start.items())
+    assert gains == pytest.approx(perf.equity().iloc[-1] - 10_000, abs=0.01) and abs(gains) > 1
+
 async def test_entries_are_sized_within_the_chosen_venues_cash():
     "Equity is split across venues (5,000 USDT each): an approved entry must fit the venue it goes to, not fail its balance check."
     c = await coordinator(end='2024-08-05 06:00')

@@ -37,7 +37,8 @@ async def session(fast:bool, strategies, start, end, cfg=None, clients=None, **p
              'views': {k: (v.last, v.volume, v.timestamp) for k, v in eng.orders.views.items()},
              'venues': {n: (dict(v.last_bar), {s: list(d) for s, d in v._bars.items()}, await v.fetch_balance()) for n, v in c.venues.items()},
              'closed': sorted((q.id, q.exit_reason, q.closed_at, q.realized_pnl) for q in pm.positions.values()),
-             'equity_curve': eng.performance.equity().tolist(), 'counts': dict(eng.counts), 'summary': {k: v for k, v in summary.items() if k != 'wall_seconds' and 'latency' not in k}}
+             'equity_curve': eng.performance.equity().tolist(), 'strategy_curves': {s: eng.performance.equity(s).tolist() for s in eng.performance.strategies},
+             'counts': dict(eng.counts), 'summary': {k: v for k, v in summary.items() if k != 'wall_seconds' and 'latency' not in k}}
     for v in state['venues'].values(): v[2].pop('info', None)
     return rows, stepped[0], summary, state, eng.replay.applied if eng.replay else 0
 

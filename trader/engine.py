@@ -30,7 +30,8 @@ MODES = ('simulation', 'paper', 'live')
 __all__ = ['log', 'MODES', 'ExecutionResult', 'LiveTradingEngine', 'register_strategy', 'as_signal', 'submit', 'handle',
            'execute_signal', 'exposure_rows', 'contract_size', 'venue_amount', 'equity', 'risk_state',
            'check_positions', 'update_pnl', 'take_balances', 'take_holdings', 'check_risk', 'record_performance',
-           'run_due', 'start_live_trading', 'step', 'on_market_event', 'drain', 'stop_live_trading', 'emergency_stop']
+           'strategy_equity', 'record_strategy_equity', 'run_due', 'start_live_trading', 'step', 'on_market_event',
+           'drain', 'stop_live_trading', 'emergency_stop']
 
 # %% ../nbs/54_engine.ipynb #855741d5
 @dataclass
@@ -50,7 +51,7 @@ class ExecutionResult:
         what = '' if self.signal is None else f"{self.signal.strategy} {self.signal.side} {self.signal.symbol}: "
         return f"ExecutionResult({what}{self.status}, size {self.size:g}{'; ' + '; '.join(self.reasons) if self.reasons else ''})"
 
-# %% ../nbs/54_engine.ipynb #0827fbeb
+# %% ../nbs/54_engine.ipynb #732cbc54
 class LiveTradingEngine:
     "Runs registered strategies' signals through risk, allocation, execution and position management."
     def __init__(self, order_manager, positions, risk, portfolio, *, clock:Clock, config:TraderConfig|None=None,
@@ -79,6 +80,7 @@ class LiveTradingEngine:
         self._exit_failures: dict[str, int] = {}
         self._working_entries: dict[int, tuple] = {}   # entries approved and not yet done: (symbol, strategy, side, notional) rows
         self._last_trip: str|None = None
+        self._strategy_start: dict[str, float] = {}   # strategy -> its capital when it started trading
         self.fast_forward = True               # simulation: apply quiet stretches of bars in bulk (trader.fast_forward)
         self.replay = None                     # the planned replay the fast-forward works on (a BarTape)
         self.latencies: list[float] = []     # seconds from a signal's submission to its first order
@@ -92,7 +94,7 @@ class LiveTradingEngine:
         return (f"LiveTradingEngine({self.mode or 'stopped'}, {len(self.strategies)} strategies, {len(self.queue)} queued, "
                 f"{len(self.positions.open_positions())} open positions, counts {self.counts})")
 
-# %% ../nbs/54_engine.ipynb #e0af71c6
+# %% ../nbs/54_engine.ipynb #643fa2c2
 def _venue_names(self) -> set[str]: return set(self.orders.clients) | {'paper'}
 
 def register_strategy(self, name:str, strategy, allocation:float):
@@ -103,6 +105,7 @@ def register_strategy(self, name:str, strategy, allocation:float):
     self.strategies[name] = strategy
     for sym in getattr(strategy, 'symbols', []): self._by_symbol.setdefault(sym, []).append(strategy)
     self._journal('strategy', {'name': name, 'strategy': repr(strategy), 'allocation': allocation}, key=name)
+    if self.running: self._start_strategies()
     return strategy
 
 def as_signal(self, signal) -> Signal:
@@ -392,7 +395,7 @@ def _record_closed(self, pos):
 
 for _f in (_on_exit_request, _exit_amount, _write_off_dust, _exit_failed, _retry_exit_after, _on_execution_event, _recorded, _on_risk_event, _record_closed): setattr(LiveTradingEngine, _f.__name__, _f)
 
-# %% ../nbs/54_engine.ipynb #9d250c5d
+# %% ../nbs/54_engine.ipynb #9e868263
 def _intervals(self) -> dict[str, float]:
     m = self.config.monitoring
     return {'positions': m.position_check_interval, 'pnl': m.pnl_update_frequency, 'risk': m.risk_check_frequency,
@@ -446,10 +449,25 @@ def check_risk(self) -> list[str]:
     return self.risk.check_limits(RiskState(eq, hwm, day_start))   # the limits read equity and its reference points only
 
 def record_performance(self):
-    "An equity point for the performance monitor and the journal."
+    "An equity point for the performance monitor (the account's and each strategy's) and the journal (the account's)."
     ts, eq = self.clock.ms(), self.equity()
-    if self.performance is not None: self.performance.record_equity(ts, eq)
+    if self.performance is not None: self.performance.record_equity(ts, eq); self.record_strategy_equity(ts)
     self._journal('equity', {'equity': eq})
+
+def strategy_equity(self, marks:Mapping[str, float]|None=None) -> dict[str, float]:
+    "Each strategy's equity: its share of equity when it started trading, plus its positions' P&L (open ones at `marks`, default the last)."
+    pnl = self.positions.strategy_pnl(marks)
+    return {name: start + pnl.get(name, 0.0) for name, start in self._strategy_start.items()}
+
+def record_strategy_equity(self, ts:int, marks:Mapping[str, float]|None=None):
+    "Give the performance monitor each strategy's equity at `ts`."
+    for name, value in self.strategy_equity(marks).items():
+        if value > 0: self.performance.record_equity(ts, value, name)   # a strategy that lost all its share has no curve left to extend
+
+def _start_strategies(self):
+    "Fix each registered strategy's starting capital, its allocation of equity now, once (a restart keeps it)."
+    if self.portfolio._equity is None: return
+    for name, allocation in self.portfolio.allocations.items(): self._strategy_start.setdefault(name, allocation * self.portfolio._equity)
 
 async def run_due(self, now:float|None=None):
     "Run the monitoring jobs that are due at `now` (seconds on the clock)."
@@ -486,15 +504,15 @@ def _job_failed(self, job:str, e:Exception):
     if self.alerts is not None: self.alerts.emit('warning', f"monitoring job {job} failed: {type(e).__name__}: {e}", source='engine')
 
 for _f in (_intervals, check_positions, update_pnl, _must_fetch, _fetch_balances, take_balances, take_holdings, _revalue, check_risk, record_performance, run_due,
-           _take_due, _run_jobs_now, _run_job, _run_job_sync, _job_failed): setattr(LiveTradingEngine, _f.__name__, _f)
+           _take_due, _run_jobs_now, _run_job, _run_job_sync, _job_failed, strategy_equity, record_strategy_equity, _start_strategies): setattr(LiveTradingEngine, _f.__name__, _f)
 
-# %% ../nbs/54_engine.ipynb #0c1d2975
+# %% ../nbs/54_engine.ipynb #2c78b8ff
 async def start_live_trading(self, mode:str='paper'):
     "Start consuming signals (and, outside simulation, the monitoring loops)."
     if mode not in MODES: raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
     if self.running: raise RuntimeError(f"the engine is already running in {self.mode} mode")
     self.mode, self.running = mode, True
-    await self.update_pnl()
+    await self.update_pnl(); self._start_strategies()
     self._loops = [asyncio.ensure_future(self._consume())]
     if mode != 'simulation': self._loops += [asyncio.ensure_future(self._every(job, s)) for job, s in self._jobs.items()]
     self._journal('engine', {'event': 'started', 'mode': mode, 'equity': self.equity()})

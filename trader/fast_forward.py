@@ -279,10 +279,12 @@ def _risk_quick(engine, t, eq, revalue, check):
     last = float(eq[-1])
     return n, (last, float(hwm[-1]), p._day, p.day_start_equity, last), eq.tolist()
 
-# %% ../nbs/56_fast_forward.ipynb #1be510fc
+# %% ../nbs/56_fast_forward.ipynb #58fc0462
 def _apply(engine, tape:BarTape, i:int, j:int, runs:Mapping[str, np.ndarray], state:tuple, equity:list[float]):
     engine.counts['events'] += j - i
     _apply_checks(engine, tape, i, j, runs['positions'][:j - i])
+    snaps = np.flatnonzero(runs['performance'][:j - i]).tolist()
+    marks = _position_marks(engine, tape, i, j) if snaps and engine.performance is not None else {}   # before the bars move them
     syms = tape.sym[i:j]
     if len(tape.symbols) == 1: _apply_bars(engine, tape, tape.symbols[0], np.arange(i, j))
     else:
@@ -293,12 +295,18 @@ def _apply(engine, tape:BarTape, i:int, j:int, runs:Mapping[str, np.ndarray], st
     engine._next_due = min(engine._due.values())
     p = engine.portfolio
     p._equity, p.high_water_mark, p._day, p.day_start_equity, engine._risk_equity = state
-    for k in np.flatnonzero(runs['performance'][:j - i]).tolist(): _snapshot(engine, int(tape.time[i + k]), equity[k])
+    for k in snaps: _snapshot(engine, int(tape.time[i + k]), equity[k], {s: m[k] for s, m in marks.items() if m[k] == m[k]})
 
-def _snapshot(engine, ts:int, equity:float):
-    "What `record_performance` does at `ts`."
-    if engine.performance is not None: engine.performance.record_equity(ts, equity)
+def _snapshot(engine, ts:int, equity:float, marks:Mapping[str, float]):
+    "What `record_performance` does at `ts`, the open positions' symbols then at `marks`."
+    if engine.performance is not None:
+        engine.performance.record_equity(ts, equity); engine.record_strategy_equity(ts, marks)
     if engine.journal is not None: engine.journal.append('equity', {'equity': equity}, ts=ts)
+
+def _position_marks(engine, tape:BarTape, i:int, j:int) -> dict[str, list[float]]:
+    "The position manager's mark of each symbol held, after each event of [i, j) (NaN while it has none)."
+    pm = engine.positions
+    return {s: _mark_after(tape, i, j, s, pm.marks.get(s, math.nan)).tolist() for s in pm.open_symbols()}
 
 def _apply_checks(engine, tape:BarTape, i:int, j:int, checks:np.ndarray):
     "The position check between bars marks open positions at the last price: before a symbol's first bar of the stretch, that is the mark it started with."
