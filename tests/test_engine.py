@@ -171,6 +171,17 @@ async def test_each_finished_parent_is_journaled_once():
     assert failed.status == 'failed' and 'balance' in eng.journal.load('parent_order')[0].payload['reason']
     assert eng.journal.load('execution')[0].payload['reason'] == filled.parent.reason == 'market order done'
 
+async def test_a_limit_entry_the_market_never_fills_is_unfilled_not_an_error():
+    "A passive limit that times out with no trade at its price is `unfilled`: journaled, the breaker's error count untouched."
+    eng, paper, clock, df, events = build(overrides={'execution': {'order_timeout': 120}, 'emergency': {'max_consecutive_errors': 2}})
+    await feed(eng, clock, events[:5])
+    results = [await clock.run(eng.execute_signal(sig(algo='limit', client_id=f'l{k}'))) for k in range(3)]   # no bar comes: nothing trades
+    assert [r.status for r in results] == ['unfilled'] * 3 and not any(r.ok for r in results)
+    assert 'timed out' in results[0].reasons[-1] and results[0].parent.children[0].status == 'canceled'
+    assert eng.risk.breaker.errors == 0 and not eng.halted and eng.counts['errors'] == 0   # three in a row would trip at 2 errors
+    assert [e.key for e in eng.journal.load('signal_unfilled')] == ['l0', 'l1', 'l2'] and not eng.journal.load('signal_rejected')
+    assert eng.positions.open_positions() == [] and await paper.fetch_open_orders() == []
+
 async def test_size_below_the_venue_step_is_rejected_not_raised():
     "A budget too small for one step of the venue (0.5 USDT -> 8.6e-6 BTC < 0.00001) is a rejection, not an exception."
     eng, paper, clock, df, events = build()
