@@ -33,7 +33,7 @@ class WallClock(Clock):
     def time(self) -> float: return time.time()
     async def sleep(self, seconds:float) -> None: await asyncio.sleep(max(0.0, seconds))
 
-# %% ../nbs/01_clock.ipynb #ad212228
+# %% ../nbs/01_clock.ipynb #8b3eeb4e
 def _ready_queue():
     "asyncio's queue of callbacks ready to run (a private attribute), or None where the loop has none."
     return getattr(asyncio.get_running_loop(), '_ready', None)
@@ -52,7 +52,7 @@ class SimClock(Clock):
     def time(self) -> float: return self._now
     def ms(self) -> int:
         "Milliseconds since the Unix epoch (remembered until the time moves: many parts read it at one instant)."
-        if self._now != self._ms_of: self._ms_of, self._ms = self._now, int(round(self._now * 1000))
+        if self._now != self._ms_of: self._ms_of, self._ms = self._now, super().ms()
         return self._ms
 
     async def sleep(self, seconds:float) -> None:

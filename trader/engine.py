@@ -30,8 +30,8 @@ MODES = ('simulation', 'paper', 'live')
 __all__ = ['log', 'MODES', 'ExecutionResult', 'LiveTradingEngine', 'register_strategy', 'as_signal', 'submit', 'handle',
            'execute_signal', 'exposure_rows', 'contract_size', 'venue_amount', 'equity', 'risk_state',
            'check_positions', 'update_pnl', 'take_balances', 'take_holdings', 'check_risk', 'record_performance',
-           'strategy_equity', 'record_strategy_equity', 'run_due', 'start_live_trading', 'step', 'on_market_event',
-           'drain', 'stop_live_trading', 'emergency_stop']
+           'record_equity_point', 'strategy_equity', 'record_strategy_equity', 'run_due', 'start_live_trading', 'step',
+           'on_market_event', 'drain', 'stop_live_trading', 'emergency_stop']
 
 # %% ../nbs/54_engine.ipynb #b30f7bda
 @dataclass
@@ -94,7 +94,7 @@ class LiveTradingEngine:
         return (f"LiveTradingEngine({self.mode or 'stopped'}, {len(self.strategies)} strategies, {len(self.queue)} queued, "
                 f"{len(self.positions.open_positions())} open positions, counts {self.counts})")
 
-# %% ../nbs/54_engine.ipynb #643fa2c2
+# %% ../nbs/54_engine.ipynb #8459e75e
 def _venue_names(self) -> set[str]: return set(self.orders.clients) | {'paper'}
 
 def register_strategy(self, name:str, strategy, allocation:float):
@@ -143,8 +143,8 @@ def _reject(self, signal:Signal|None, reasons:list[str], raw=None) -> ExecutionR
 def _plain_signal(raw):
     return {str(k): (v if isinstance(v, (int, float, str, bool, type(None))) else repr(v)) for k, v in raw.items()} if isinstance(raw, Mapping) else repr(raw)
 
-def _journal(self, kind:str, payload, key:str|None=None):
-    if self.journal is not None: self.journal.append(kind, payload, ts=self.clock.ms(), key=key)
+def _journal(self, kind:str, payload, key:str|None=None, ts:int|None=None):
+    if self.journal is not None: self.journal.append(kind, payload, ts=self.clock.ms() if ts is None else ts, key=key)
 
 for _f in (_venue_names, register_strategy, as_signal, submit, _dropped, _reject, _journal): setattr(LiveTradingEngine, _f.__name__, _f)
 
@@ -408,7 +408,7 @@ def _record_closed(self, pos):
 
 for _f in (_on_exit_request, _exit_amount, _write_off_dust, _exit_failed, _retry_exit_after, _on_execution_event, _recorded, _on_risk_event, _record_closed): setattr(LiveTradingEngine, _f.__name__, _f)
 
-# %% ../nbs/54_engine.ipynb #9e868263
+# %% ../nbs/54_engine.ipynb #b48a3454
 def _intervals(self) -> dict[str, float]:
     m = self.config.monitoring
     return {'positions': m.position_check_interval, 'pnl': m.pnl_update_frequency, 'risk': m.risk_check_frequency,
@@ -463,9 +463,12 @@ def check_risk(self) -> list[str]:
 
 def record_performance(self):
     "An equity point for the performance monitor (the account's and each strategy's) and the journal (the account's)."
-    ts, eq = self.clock.ms(), self.equity()
-    if self.performance is not None: self.performance.record_equity(ts, eq); self.record_strategy_equity(ts)
-    self._journal('equity', {'equity': eq})
+    self.record_equity_point(self.clock.ms(), self.equity())
+
+def record_equity_point(self, ts:int, equity:float, marks:Mapping[str, float]|None=None):
+    "`record_performance` at `ts` with the account's `equity` and the open positions' symbols at `marks` (default: the last marks)."
+    if self.performance is not None: self.performance.record_equity(ts, equity); self.record_strategy_equity(ts, marks)
+    self._journal('equity', {'equity': equity}, ts=ts)
 
 def strategy_equity(self, marks:Mapping[str, float]|None=None) -> dict[str, float]:
     "Each strategy's equity: its share of equity when it started trading, plus its positions' P&L (open ones at `marks`, default the last)."
@@ -517,7 +520,7 @@ def _job_failed(self, job:str, e:Exception):
     if self.alerts is not None: self.alerts.emit('warning', f"monitoring job {job} failed: {type(e).__name__}: {e}", source='engine')
 
 for _f in (_intervals, check_positions, update_pnl, _must_fetch, _fetch_balances, take_balances, take_holdings, _revalue, check_risk, record_performance, run_due,
-           _take_due, _run_jobs_now, _run_job, _run_job_sync, _job_failed, strategy_equity, record_strategy_equity, _start_strategies): setattr(LiveTradingEngine, _f.__name__, _f)
+           _take_due, _run_jobs_now, _run_job, _run_job_sync, _job_failed, record_equity_point, strategy_equity, record_strategy_equity, _start_strategies): setattr(LiveTradingEngine, _f.__name__, _f)
 
 # %% ../nbs/54_engine.ipynb #2c78b8ff
 async def start_live_trading(self, mode:str='paper'):

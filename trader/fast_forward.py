@@ -279,7 +279,7 @@ def _risk_quick(engine, t, eq, revalue, check):
     last = float(eq[-1])
     return n, (last, float(hwm[-1]), p._day, p.day_start_equity, last), eq.tolist()
 
-# %% ../nbs/56_fast_forward.ipynb #58fc0462
+# %% ../nbs/56_fast_forward.ipynb #d146e089
 def _apply(engine, tape:BarTape, i:int, j:int, runs:Mapping[str, np.ndarray], state:tuple, equity:list[float]):
     engine.counts['events'] += j - i
     _apply_checks(engine, tape, i, j, runs['positions'][:j - i])
@@ -295,13 +295,7 @@ def _apply(engine, tape:BarTape, i:int, j:int, runs:Mapping[str, np.ndarray], st
     engine._next_due = min(engine._due.values())
     p = engine.portfolio
     p._equity, p.high_water_mark, p._day, p.day_start_equity, engine._risk_equity = state
-    for k in snaps: _snapshot(engine, int(tape.time[i + k]), equity[k], {s: m[k] for s, m in marks.items() if m[k] == m[k]})
-
-def _snapshot(engine, ts:int, equity:float, marks:Mapping[str, float]):
-    "What `record_performance` does at `ts`, the open positions' symbols then at `marks`."
-    if engine.performance is not None:
-        engine.performance.record_equity(ts, equity); engine.record_strategy_equity(ts, marks)
-    if engine.journal is not None: engine.journal.append('equity', {'equity': equity}, ts=ts)
+    for k in snaps: engine.record_equity_point(int(tape.time[i + k]), equity[k], {s: m[k] for s, m in marks.items() if m[k] == m[k]})
 
 def _position_marks(engine, tape:BarTape, i:int, j:int) -> dict[str, list[float]]:
     "The position manager's mark of each symbol held, after each event of [i, j) (NaN while it has none)."
