@@ -271,7 +271,7 @@ def sample_market_events(symbol:str='BTC/USDT') -> list[MarketEvent]:
     "The bundled Binance spot capture (2024-08-08 23:54 -> 2024-08-09 00:05 UTC) as one replay stream."
     return list(_sample_events(symbol))
 
-# %% ../nbs/03_data.ipynb #9cfc785a
+# %% ../nbs/03_data.ipynb #45bf3f5f
 def candles_to_bars(df:pd.DataFrame, symbol:str, venue:str='paper',
                     timeframe_ms:int|None=None, # bar length; None: the most common gap between candles
                    ) -> list[Bar]:
@@ -281,8 +281,8 @@ def candles_to_bars(df:pd.DataFrame, symbol:str, venue:str='paper',
     if timeframe_ms is None:
         if len(ms) < 2: raise ValueError("candles_to_bars: cannot infer the timeframe from fewer than 2 candles; pass timeframe_ms")
         timeframe_ms = int(pd.Series(np.diff(ms)).mode().iloc[0])
-    cols = [df[c].to_numpy(dtype='float64') for c in OHLCV]
-    return [Bar(symbol, int(t), o, h, l, c, v, timeframe_ms, venue) for t, o, h, l, c, v in zip(ms, *cols)]
+    cols = [df[c].to_numpy(dtype='float64').tolist() for c in OHLCV]   # Python floats: numpy scalars would ride along into every price, fill and balance
+    return [Bar(symbol, t, o, h, l, c, v, timeframe_ms, venue) for t, o, h, l, c, v in zip(ms.tolist(), *cols)]
 
 # %% ../nbs/03_data.ipynb #d04c0af9
 def _to_ms(t) -> int|None:

@@ -20,9 +20,9 @@ log = logging.getLogger(__name__)
 __all__ = ['log', 'EXIT_REASONS', 'NO_EXIT', 'STOP', 'TARGET', 'TRAIL', 'TIME', 'CODE_REASON', 'BOOK_FIELDS', 'COLUMN',
            'SMALL_BOOK', 'SUMMARY_COLUMNS', 'PositionError', 'ExitRequest', 'ExitPolicy', 'RollingATR', 'check_exits',
            'exit_of', 'ExitBook', 'HeldPosition', 'AdvancedPositionManager', 'open_position', 'set_exit_levels',
-           'on_price', 'on_bar', 'request_exit', 'flush', 'pending_callbacks', 'clear_pending_exit', 'exit_signal',
-           'close_all', 'link_order', 'on_fill', 'close_position', 'monitor_position_pnl', 'calculate_position_metrics',
-           'get_position_summary', 'risk_rows']
+           'on_price', 'on_bar', 'atr_of', 'request_exit', 'flush', 'pending_callbacks', 'clear_pending_exit',
+           'exit_signal', 'close_all', 'link_order', 'on_fill', 'close_position', 'monitor_position_pnl',
+           'calculate_position_metrics', 'get_position_summary', 'risk_rows']
 
 # %% ../nbs/20_positions.ipynb #e874b791
 EXIT_REASONS = ('stop_loss', 'take_profit', 'trailing_stop', 'time_exit', 'exit_signal', 'emergency')
@@ -331,7 +331,7 @@ def _retire(self:AdvancedPositionManager, h:HeldPosition, reason:str|None):
 
 AdvancedPositionManager._apply_fill, AdvancedPositionManager._enter_book, AdvancedPositionManager._retire = _apply_fill, _enter_book, _retire
 
-# %% ../nbs/20_positions.ipynb #e7d3f32a
+# %% ../nbs/20_positions.ipynb #9bcd7306
 def on_price(self:AdvancedPositionManager, symbol:str, price:float, ts:int|None=None, high:float|None=None, low:float|None=None,
              open:float|None=None) -> list[ExitRequest]: # `open`: the first price of a bar, for gaps; ticks use `price`
     "Check exits for all open positions of `symbol` at this price update; returns the exits it triggered."
@@ -374,10 +374,16 @@ def _vector_hits(book:ExitBook, price, ts, hi, lo, fst, start, atr) -> list[tupl
 def on_bar(self:AdvancedPositionManager, bar:Bar) -> list[ExitRequest]:
     "Check exits on a completed bar (at its close time), then add it to the symbol's ATR."
     out = self._check(bar.symbol, bar.close, bar.close_time, bar.high, bar.low, bar.open, bar.timestamp)
-    self.atr.setdefault(bar.symbol, RollingATR(self.exit_policy.atr_period)).add(bar.high, bar.low, bar.close)
+    self.atr_of(bar.symbol).add(bar.high, bar.low, bar.close)
     return out
 
-AdvancedPositionManager.on_price, AdvancedPositionManager._check, AdvancedPositionManager.on_bar = on_price, _check, on_bar
+def atr_of(self:AdvancedPositionManager, symbol:str) -> RollingATR:
+    "`symbol`'s rolling ATR (made empty on first use)."
+    atr = self.atr.get(symbol)
+    if atr is None: atr = self.atr[symbol] = RollingATR(self.exit_policy.atr_period)
+    return atr
+
+AdvancedPositionManager.on_price, AdvancedPositionManager._check, AdvancedPositionManager.on_bar, AdvancedPositionManager.atr_of = on_price, _check, on_bar, atr_of
 
 # %% ../nbs/20_positions.ipynb #892e5d53
 def request_exit(self:AdvancedPositionManager, position_id:str, reason:str='emergency', price:float|None=None, ts:int|None=None) -> ExitRequest|None:
