@@ -212,7 +212,7 @@ async def test_pov_follows_the_traded_volume(events):
 
 CASES = {'market': dict(req=OrderRequest(SYMBOL, 'buy', 0.5), latency=0.5, after=0.2),
          'limit': dict(req=OrderRequest(SYMBOL, 'sell', 10.0), start=62, after=45),
-         'iceberg': dict(req=OrderRequest(SYMBOL, 'buy', 2.0), after=45, params=dict(clip_size=0.2)),
+         'iceberg': dict(req=OrderRequest(SYMBOL, 'buy', 2.0), after=30, params=dict(clip_size=0.2)),
          'twap': dict(req=OrderRequest(SYMBOL, 'buy', 1.0), after=130, params=dict(duration=600, slices=10)),
          'stop_limit': dict(req=OrderRequest(SYMBOL, 'buy', 0.5, stop_price=61_838.0), after=3),
          'oco': dict(req=OrderRequest(SYMBOL, 'sell', 0.5, stop_price=61_500.0, target_price=61_950.0), after=60),

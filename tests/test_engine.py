@@ -427,3 +427,45 @@ async def test_simulation_step_hands_work_that_waits_to_a_task():
     assert len(eng._tasks) == 1 and eng.counts['orders'] == 0      # the order waits out the venue's latency
     assert await clock.run(eng.drain(5)) and not eng._tasks and eng.counts['orders'] == 1 and len(eng.positions.open_positions()) == 1
     await eng.stop_live_trading()
+
+class SilentPaper(PaperExchange):
+    "A paper venue whose in-process order pushes are lost: the engine hears of its fills from the websocket's reports."
+    def listen_orders(self, callback): return lambda: None
+
+async def test_an_order_report_from_the_websocket_fills_a_working_entry_at_once():
+    from trader.core import Side, TradeTick
+    from trader.websocket import fill, order_update
+    eng, paper, clock, df, events = build(venue=lambda c: SilentPaper('binance', balances={'USDT': 10_000.0}, clock=c))
+    await feed(eng, clock, events[:5])
+    entry = asyncio.ensure_future(eng.execute_signal(sig(algo='limit')))
+    await clock.settle()
+    (working,) = eng.orders.active_orders
+    child = working.children[0]
+    paper.on_market(TradeTick('BTC/USDT', clock.ms(), child.price - 1.0, 10.0, Side.SELL, 'x1', venue='binance'))   # the venue fills it
+    report = await paper.fetch_order(child.venue_order_id, 'BTC/USDT')
+    assert report['status'] == 'closed' and child.filled == 0 and not entry.done()          # nobody told the engine
+    await eng.on_market_event(fill(report['trades'][0], 'binance'))                         # our trade alone changes nothing
+    assert child.filled == 0 and eng.positions.open_positions() == []
+    await eng.on_market_event(order_update(report, 'binance', clock.ms()))
+    await clock.settle()
+    result = await entry
+    assert result.status == 'filled' and child.filled == pytest.approx(working.amount)
+    (pos,) = eng.positions.open_positions()
+    assert pos.opened_at == clock.ms() and pos.amount == pytest.approx(working.amount)      # no clock time passed: no poll was needed
+    assert eng.orders.clients['binance'].requests['fetch_order'] == 0
+    await eng.on_market_event(order_update(report, 'binance', clock.ms()))                  # a repeat is not news
+    assert len(child.fills) == 1
+
+async def test_equity_once_flat_is_the_cash_left_after_the_exit():
+    "All cash again after an exit: equity is the USDT balance, exit fee included (it kept the value marked before the exit)."
+    eng, paper, clock, df, events = build()
+    await feed(eng, clock, events[:5])
+    await clock.run(eng.execute_signal(sig(algo='market')))
+    await feed(eng, clock, events[5:7])                         # marked at later closes while the position is open
+    marked = eng.equity()
+    await clock.run(eng.execute_signal(sig(side='sell', intent='exit', stop=None, target=None)))
+    await eng.update_pnl()
+    (exit_fill,) = [f for p in eng.positions.positions.values() for f in p.fills if f.side.value == 'sell']
+    cash = (await paper.fetch_balance())['total']['USDT']
+    assert eng.positions.open_positions() == [] and eng.equity() == cash
+    assert marked - cash == pytest.approx(exit_fill.fee, rel=1e-9)   # exit at the last mark: the fee is the whole difference

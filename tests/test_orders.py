@@ -209,3 +209,66 @@ async def test_a_lost_response_is_reconciled_not_resent(events):
     p = await clock.run(manager.execute(OrderRequest(SYMBOL, 'buy', 0.2), algo='market'))
     assert p.status == 'completed' and len(await paper.fetch_orders()) == 1 and p.filled == pytest.approx(0.2)
     assert manager.clients['binance'].recovered_orders == 1
+
+# ---------------------------------------------------------------- pushed order updates
+
+class SilentPaper(PaperExchange):
+    "A venue whose order stream loses every message: only fetching tells the manager anything."
+    def listen_orders(self, callback): return lambda: None
+
+def filled_at(paper:PaperExchange) -> list[int]:
+    "Clock ms at which the venue's orders closed, recorded on the venue's side."
+    seen = []
+    paper.subscribe(lambda kind, d: seen.append(d['lastUpdateTimestamp']) if kind == 'order' and d['status'] == 'closed' else None)
+    return seen
+
+async def replay_until_done(clock, paper, manager, events, p, i=200):
+    while not p.is_terminal and i < len(events):
+        e = events[i]; i += 1
+        await clock.advance_to(max(clock.time(), event_time(e) / 1000)); paper.on_market(e); manager.on_market(e)
+    await clock.settle()
+
+async def resting_bid(events, venue_cls=PaperExchange, healthy=None):
+    "A bid for 0.05 BTC 10 USDT under the touch on the real tape, worked until the trades fill it."
+    t0 = events[0].timestamp / 1000
+    clock = SimClock(t0)
+    paper = venue_cls('binance', clock=clock, balances={'USDT': 1_000_000.0})
+    manager = SmartOrderManager({'binance': paper}, clock, execution=ExecutionConfig(order_timeout=3600, partial_fill_threshold=1.0))
+    if healthy is not None: manager.stream_orders('binance', healthy)
+    for e in events[:200]: paper.on_market(e); manager.on_market(e)
+    closed = filled_at(paper)
+    bid = manager.view('binance', SYMBOL).bid
+    p = await manager.execute(OrderRequest(SYMBOL, 'buy', 0.05, limit_price=bid - 10.0), algo='limit', wait=False)   # rests until the tape comes down
+    await replay_until_done(clock, paper, manager, events, p)
+    return p, closed[-1], manager.clients['binance'].requests['fetch_order'], clock.time() - t0
+
+async def test_a_pushed_fill_ends_the_parent_when_the_venue_fills_it(events):
+    p, venue_ms, fetches, elapsed = await resting_bid(events)
+    assert p.status == 'completed' and p.end_time == venue_ms        # not at the next tick
+    assert fetches <= elapsed / 30 + 1                                 # one safety fetch per poll_interval at most
+
+async def test_a_silent_stream_is_caught_up_by_the_poll_interval(events):
+    p, venue_ms, fetches, _ = await resting_bid(events, SilentPaper)
+    assert p.status == 'completed' and 0 < p.end_time - venue_ms <= 30_000 + 1_000
+
+async def test_a_dropped_stream_polls_every_tick_again(events):
+    p, venue_ms, fetches, elapsed = await resting_bid(events, SilentPaper, healthy=lambda: False)
+    assert p.status == 'completed' and 0 < p.end_time - venue_ms <= 1_000
+    assert fetches >= elapsed - 2                                      # about one fetch per second
+
+async def test_order_reports_are_matched_by_id_and_applied_once(events):
+    clock, paper, manager = setup(events)
+    p = await manager.execute(OrderRequest(SYMBOL, 'buy', 0.05), algo='limit', wait=False)
+    child = p.children[0]
+    report = await paper.fetch_order(child.venue_order_id, SYMBOL)
+    assert not manager.on_order_report('binance', {**report, 'clientOrderId': 'someone-else', 'id': 'x'})
+    filled = {**report, 'status': 'closed', 'filled': 0.05, 'remaining': 0.0, 'average': child.price, 'cost': 0.05 * child.price,
+              'clientOrderId': None, 'trades': []}                     # known only by the venue's id
+    assert manager.on_order_report('binance', filled)
+    assert child.status is OrderStatus.FILLED and child.filled == pytest.approx(0.05)
+    assert not manager.on_order_report('binance', filled)              # a repeat: the child is done
+    await clock.settle()
+    assert p.status == 'completed' and p.end_time == clock.ms()
+    assert not manager.on_order_report('binance', report)              # a stale report of an ended parent changes nothing
+    assert child.status is OrderStatus.FILLED and len(child.fills) == 1
+    with pytest.raises(OrderValidationError, match='order.venue: unknown venue'): manager.stream_orders('kraken')

@@ -293,6 +293,20 @@ async def test_watch_orders_and_trades(tape):
     assert [x['status'] for x in got_o] == ['open'] * len(fills) + ['closed'] and got_o[-1]['filled'] == pytest.approx(1.6)
     assert [(t['price'], t['amount']) for t in got_t] == [(float(p), pytest.approx(float(q))) for p, q in fills]
 
+async def test_order_listeners_see_every_change_and_a_failing_one_stops_nothing(tape):
+    snap, trades = tape
+    ex = await _venue(snap, {'USDT': 1_000_000.0})
+    seen = []
+    undo = ex.listen_orders(lambda o: seen.append((o.client_order_id, o.status, o.filled)))
+    ex.listen_orders(lambda o: 1 / 0)
+    bid = float(snap['bids'][0][0])
+    o = await ex.create_order(SYM, 'limit', 'buy', 0.01, bid, {'clientOrderId': 'L1'})
+    assert seen == [('L1', 'open', 0.0)] and ex.callback_errors == 1
+    ex.on_market(TradeTick(SYM, 1, bid - 1.0, 1e6, Side.SELL))   # a print through our bid fills it
+    assert seen[-1] == ('L1', 'closed', pytest.approx(0.01)) and (await ex.fetch_order(o['id']))['status'] == 'closed'
+    undo(); await ex.create_order(SYM, 'market', 'buy', 0.01)
+    assert len(seen) == 2
+
 async def test_structures_have_ccxt_keys(tape):
     snap, _ = tape
     ex = await _venue(snap, {'USDT': 1_000_000.0})

@@ -159,7 +159,7 @@ def _build_engine(self, mode:str, clock:Clock, paper:bool):
 
 for _f in (initialize_production_system, _initialize_live, _build_engine): setattr(ProductionCoordinator, _f.__name__, _f)
 
-# %% ../nbs/55_coordinator.ipynb #45c0bd41
+# %% ../nbs/55_coordinator.ipynb #fc9adb4e
 def register_strategy(self, name:str, strategy, allocation:float):
     "Register `strategy` under `name` with a fraction `allocation` of equity."
     if self.engine is not None: self.engine.register_strategy(name, strategy, allocation)
@@ -207,12 +207,17 @@ async def run_live(self, duration:float|None):
     from trader.websocket import WebSocketManager
     eng = self.trading_engine
     async with WebSocketManager(clock=eng.clock, on_alert=lambda a: eng.alerts.emit('warning', str(a), source='websocket')) as ws:
-        for name, ex in (self._clients or {}).items():   # market data from the real exchanges (ccxt.pro objects)
+        for name, ex in (self._clients or {}).items():   # market data from the real exchanges (ccxt.pro objects); with keys, our orders too
             for sym in {s for st in eng.strategies.values() for s in getattr(st, 'symbols', [])}: ws.subscribe(ex, sym)
+        pushed = [eng.orders.stream_orders(name, partial(ws.flowing, ex.id, 'orders')) for name, ex in (self._clients or {}).items()
+                  if self.mode == 'live' and name in eng.orders.clients and ws.flowing(ex.id, 'orders')]   # paper venues push in process
         deadline = None if not duration else eng.clock.time() + duration
-        while deadline is None or eng.clock.time() < deadline:
-            async for ev in ws.events(timeout=1.0): await eng.on_market_event(ev)
-            await eng.run_due()
+        try:
+            while deadline is None or eng.clock.time() < deadline:
+                async for ev in ws.events(timeout=1.0): await eng.on_market_event(ev)
+                await eng.run_due()
+        finally:
+            for undo in pushed: undo()
 
 for _f in (register_strategy, submit_signal, drive, _prime, run_production_loop, run_live): setattr(ProductionCoordinator, _f.__name__, _f)
 

@@ -182,7 +182,7 @@ def _mark_series(cur:str, quote:str, marks, series):
     if marks.get(f"{quote}/{cur}"): return 1.0 / series(f"{quote}/{cur}")
     return None
 
-# %% ../nbs/56_fast_forward.ipynb #2e1f87d5
+# %% ../nbs/56_fast_forward.ipynb #b5c8cde2
 def quiet_span(engine, events:Sequence[MarketEvent], i:int, end:float|None=None) -> int:
     "How many events from `i` on `engine` applied in bulk (0: deliver event `i` as usual)."
     tape = engine.replay
@@ -194,7 +194,7 @@ def quiet_span(engine, events:Sequence[MarketEvent], i:int, end:float|None=None)
     runs = job_runs(engine._due, engine._jobs, tape.seconds[i:j], tape.min_gap)   # the tape's smallest gap is no larger than the stretch's
     j = i + _exits_clear(engine, tape, i, j)
     if j <= i or (eq := _equity(engine, tape, i, j)) is None: return 0
-    revalue = np.zeros(j - i, bool) if engine._only_quote else runs['pnl'][:j - i]
+    revalue = np.zeros(j - i, bool) if engine._only_quote and engine._valued else runs['pnl'][:j - i]   # cash just taken: valued at the pnl job
     n, state, seen = replay_risk(engine, tape.seconds[i:j], eq, revalue, runs['risk'][:j - i])
     if n: _apply(engine, tape, i, i + n, runs, state, seen); tape.applied += n
     return n
@@ -233,10 +233,10 @@ def _exits_clear(engine, tape:BarTape, i:int, j:int) -> int:
         stop = min(stop, exit_stop(book, *tape.prices(i + mine), engine.marks.get(symbol), tape.time_f[i:j], mine))
     return stop
 
-# %% ../nbs/56_fast_forward.ipynb #eb9b9ac4
+# %% ../nbs/56_fast_forward.ipynb #c08c4e05
 def _equity(engine, tape:BarTape, i:int, j:int) -> np.ndarray|None:
-    "Equity after each event of [i, j) (a constant when it is all cash, which the revaluation leaves alone); None if it cannot be valued."
-    if engine._only_quote: return np.full(j - i, engine.portfolio._equity)
+    "Equity after each event of [i, j) (a constant when it is all cash: the revaluation leaves it alone once valued); None if it cannot be valued."
+    if engine._only_quote: return np.full(j - i, engine.portfolio._equity if engine._valued else engine.holdings_value())
     series = lambda symbol: _mark_after(tape, i, j, symbol, engine.marks[symbol])
     eq = equity_path(engine._holdings, engine.quote, engine.marks, series)
     if eq is None or isinstance(eq, np.ndarray) and eq.shape == (j - i,): return eq
@@ -280,7 +280,7 @@ def _risk_quick(engine, t, eq, revalue, check):
     last = float(eq[-1])
     return n, (last, float(hwm[-1]), p._day, p.day_start_equity, last), eq.tolist()
 
-# %% ../nbs/56_fast_forward.ipynb #5fddeca5
+# %% ../nbs/56_fast_forward.ipynb #58dc13d9
 def _apply(engine, tape:BarTape, i:int, j:int, runs:Mapping[str, np.ndarray], state:tuple, equity:list[float]):
     engine.counts['events'] += j - i
     _apply_checks(engine, tape, i, j, runs['positions'][:j - i])
@@ -296,6 +296,7 @@ def _apply(engine, tape:BarTape, i:int, j:int, runs:Mapping[str, np.ndarray], st
     engine._next_due = min(engine._due.values())
     p = engine.portfolio
     p._equity, p.high_water_mark, p._day, p.day_start_equity, engine._risk_equity = state
+    if runs['pnl'][:j - i].any(): engine._valued = True   # the pnl job valued the holdings of the stretch
     for k in snaps: engine.record_equity_point(int(tape.time[i + k]), equity[k], {s: m[k] for s, m in marks.items() if m[k] == m[k]})
 
 def _position_marks(engine, tape:BarTape, i:int, j:int) -> dict[str, list[float]]:

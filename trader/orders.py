@@ -315,7 +315,7 @@ def _amount(x) -> float:
         raise OrderValidationError('amount', 'must be a positive number', x)
     return float(x)
 
-# %% ../nbs/10_orders.ipynb #169823eb
+# %% ../nbs/10_orders.ipynb #716a360b
 class ExecutionContext:
     "An algorithm's handle on its parent order: market view, clock, configuration, and child orders."
     def __init__(self, manager:SmartOrderManager, parent:ParentOrder, client:ExchangeClient):
@@ -326,6 +326,8 @@ class ExecutionContext:
         self.paper = ex if isinstance(ex, PaperExchange) else None      # a simulated venue: lean reports, its own balance figures
         self.immediate = self.paper is not None and self.paper.immediate  # ... that answers at once, without awaiting the clock
         self._lean = {} if self.paper is None else {'leanReport': True}
+        self._heard: dict[str, float] = {}   # child's client order id -> clock time of the last report applied (pushed or fetched)
+        self._wake, self._woken = None, False
 
     @property
     def view(self) -> MarketView: return self.manager.view(self.parent.venue, self.parent.symbol)
@@ -355,19 +357,22 @@ class ExecutionContext:
         cid = self.manager.ids()
         child = Order(cid, p.symbol, p.side, type, amount, price, venue=p.venue, time_in_force=tif, parent_id=p.id,
                       strategy=p.strategy, created_at=now, updated_at=now)
-        p.add_child(child)
+        p.add_child(child); self.manager._children[cid] = (self, child)
         child.on_event = lambda order, event: self.manager._emit(ChildOrderUpdated(p.id, event.timestamp, event))
         self.manager._emit(ChildOrderSubmitted(p.id, now, child))
         params = {'clientOrderId': cid, **self._lean} | ({} if tif == 'GTC' else {'timeInForce': tif})
+        placing = self.manager._placing; placing.add(cid)
         try: report = await self.client.create_order(p.symbol, type, p.side.value, amount, price, params)
         except OrderFateUnknown as e: self.manager.log.warning(f"{p.id}: {e}; will reconcile"); return child
         except ccxt.BaseError as e:
             child.apply(OrderRejected(cid, self.now(), reason=f"{type_name(e)}: {e}")); return child
+        finally: placing.discard(cid)
         self.update(child, report)
         return child
 
     def update(self, child:Order, report:dict) -> None:
         "Apply a venue report to `child`; publish and queue its new fills."
+        self._heard[child.client_order_id] = self.clock.time()
         for fill in apply_events(child, order_events(child, report, self.now())):
             self.new_fills.append((child, fill))
             self.manager._emit(ExecutionFilled(self.parent.id, fill.timestamp, fill, self.parent.strategy, self.parent.venue))
@@ -381,8 +386,10 @@ class ExecutionContext:
         self.update(child, report)
 
     async def sync(self) -> None:
-        "Bring every working child up to date."
+        "Bring every working child up to date; on a venue that pushes its updates, only those it was quiet about for `poll_interval`."
+        streamed, now, every = self.manager.streams_orders(self.parent.venue), self.clock.time(), self.manager.poll_interval
         for child in self.parent.working_children:
+            if streamed and now - self._heard.get(child.client_order_id, -math.inf) < every: continue
             try: await self.refresh(child)
             except (ccxt.BaseError, OrderFateUnknown) as e: self.manager.log.warning(f"{self.parent.id} sync {child.client_order_id}: {type_name(e)}: {e}")
 
@@ -406,6 +413,22 @@ class ExecutionContext:
         "Cancel every working child."
         for child in self.parent.working_children: await self.cancel(child)
 
+    async def pause(self, until:float) -> None:
+        "Wait on the clock until `until`; on a venue that pushes its updates, only until a pushed report changes a child (`nudge`)."
+        if not self.manager.streams_orders(self.parent.venue): return await self.clock.sleep_until(until)
+        if self._woken: self._woken = False; return   # a report came while the algorithm was busy
+        self._wake = asyncio.Event()
+        sleeping, woken = asyncio.ensure_future(self.clock.sleep_until(until)), asyncio.ensure_future(self._wake.wait())
+        try: await asyncio.wait((sleeping, woken), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeping.cancel(); woken.cancel()
+            self._wake, self._woken = None, False
+
+    def nudge(self) -> None:
+        "Wake the algorithm's task: a pushed report changed one of its children."
+        self._woken = True
+        if self._wake is not None: self._wake.set()
+
     async def ensure_market(self) -> MarketView:
         "The market view, loaded from the venue's order book (or ticker) when no event has fed it yet."
         v = self.view
@@ -420,7 +443,7 @@ class ExecutionContext:
         self.parent.end_price = self.view.mid
         self.parent.move(status, reason, self.now())
 
-# %% ../nbs/10_orders.ipynb #0c7729de
+# %% ../nbs/10_orders.ipynb #56a130dd
 class SmartOrderManager:
     "Validates, routes and executes orders through execution algorithms; tracks parents, children, fills and statistics."
     def __init__(self, venues:Mapping[str, Any],            # name -> ccxt-shaped venue or ExchangeClient
@@ -430,6 +453,7 @@ class SmartOrderManager:
                  ids:ClientOrderIds|None=None,              # mints child client order ids
                  rng:np.random.Generator|None=None,         # for iceberg variation; default seeded with 0
                  tick_interval:float=1.0,                    # seconds between an algorithm's checks on its children
+                 poll_interval:float=30.0,                   # seconds between REST checks of a child on a venue that pushes its updates
                  registry:Mapping[str, type]|None=None,      # algorithm name -> class; default trader.algorithms.ALGORITHMS
                  logger:logging.Logger|None=None):
         if not venues: raise OrderValidationError('venues', 'at least one venue is required', venues)
@@ -438,12 +462,17 @@ class SmartOrderManager:
         self.clients = {n: v if isinstance(v, ExchangeClient) else ExchangeClient(v, clock=clock, max_retries=e.max_retries, backoff=e.retry_backoff)
                         for n, v in venues.items()}
         self.ids, self.rng = ids or ClientOrderIds(), rng if rng is not None else np.random.default_rng(0)
-        self.tick_interval, self.log = tick_interval, logger or logging.getLogger('trader.orders')
+        self.tick_interval, self.poll_interval, self.log = tick_interval, poll_interval, logger or logging.getLogger('trader.orders')
         if registry is None: from trader.algorithms import ALGORITHMS as registry  # algorithms build on this module
         self.registry = dict(registry)
         self.views: dict[tuple[str, str], MarketView] = {}
         self.parents: dict[str, ParentOrder] = {}
         self._algos, self._tasks, self._subscribers, self._n = {}, {}, [], 0
+        self._children: dict[str, tuple[ExecutionContext, Order]] = {}   # client order id -> its parent's context and the child, until the parent ends
+        self._placing: set[str] = set()                 # children whose create request is in flight: its answer brings them up to date
+        self._streams: dict[str, Callable[[], bool]] = {}   # venue -> whether its pushed order updates are flowing
+        for name, c in self.clients.items():
+            if isinstance(c.exchange, PaperExchange): self._listen_to_paper(name, c.exchange)
 
     def __repr__(self):
         return f"SmartOrderManager(venues={list(self.clients)}, orders={len(self.parents)}, active={len(self.active_orders)})"
@@ -538,7 +567,7 @@ async def _check_balance(ctx:ExecutionContext, parent:ParentOrder, price:float, 
     free = await ctx.client.fetch_free(ccy)
     if free < need * (1 - 1e-9): raise OrderValidationError('balance', f"needs {need:,.8g} {ccy} free on {parent.venue}, has {free:,.8g}")
 
-# %% ../nbs/10_orders.ipynb #32b8fb35
+# %% ../nbs/10_orders.ipynb #389c8e26
 @patch
 async def execute(self:SmartOrderManager, request:Signal|Mapping|OrderRequest,
                   amount:float|None=None,   # overrides the request's amount / the signal's size
@@ -589,14 +618,14 @@ async def _drive(self:SmartOrderManager, parent:ParentOrder, alg, started:asynci
             if started is not None: started.set()
         while not parent.is_terminal:
             now, wake = self.clock.time(), alg.next_wakeup()
-            await self.clock.sleep_until(now + self.tick_interval if wake is None else min(max(wake, now), now + self.tick_interval))
+            await ctx.pause(now + self.tick_interval if wake is None else min(max(wake, now), now + self.tick_interval))
             await ctx.sync(); await _dispatch(alg)
             if not parent.is_terminal: await alg.on_tick(); await _dispatch(alg)
     except asyncio.CancelledError: raise
     except Exception as e:
         self.log.exception(f"{parent.id} ({parent.algo}) failed")
         await _settle_failure(ctx, parent, f"{type_name(e)}: {e}")
-    finally: self._tasks.pop(parent.id, None)
+    finally: self._tasks.pop(parent.id, None); self._forget(parent)
     self._emit(ExecutionCompleted(parent.id, self.clock.ms(), parent))
 
 async def _dispatch(alg) -> None:
@@ -610,7 +639,7 @@ async def _settle_failure(ctx:ExecutionContext, parent:ParentOrder, reason:str):
     except Exception: ctx.manager.log.exception(f"{parent.id}: cancelling children after a failure")
     if not parent.is_terminal: ctx.finish(ParentStatus.FAILED, reason)
 
-# %% ../nbs/10_orders.ipynb #20a7865f
+# %% ../nbs/10_orders.ipynb #02cb5967
 @patch
 async def cancel_order(self:SmartOrderManager, parent_id:str, reason:str='canceled by request') -> ParentOrder:
     "Cancel the parent order `parent_id` and all its children on the venue."
@@ -621,6 +650,7 @@ async def cancel_order(self:SmartOrderManager, parent_id:str, reason:str='cancel
         task.cancel()
         try: await task
         except asyncio.CancelledError: pass
+    self._forget(parent)
     if alg is not None: await alg.cancel()
     if not parent.is_terminal:
         parent.end_price = self.view(parent.venue, parent.symbol).mid if parent.venue else None
@@ -639,3 +669,49 @@ def get_statistics(self:SmartOrderManager) -> dict:
     ps = list(self.parents.values())
     group = lambda key: {k: execution_statistics([p for p in ps if key(p) == k]) for k in sorted({key(p) for p in ps if key(p)})}
     return {**execution_statistics(ps), 'by_algorithm': group(lambda p: p.algo), 'by_venue': group(lambda p: p.venue)}
+
+# %% ../nbs/10_orders.ipynb #a69fe690
+@patch
+def stream_orders(self:SmartOrderManager, venue:str, healthy:Callable[[], bool]=lambda: True) -> Callable[[], None]:
+    "Say that `venue` pushes our orders' updates to `on_order_report` while `healthy()`; returns the undo."
+    if venue not in self.clients: raise OrderValidationError('venue', f"unknown venue; have {sorted(self.clients)}", venue)
+    self._streams[venue] = healthy
+    return lambda: self._streams.pop(venue) if self._streams.get(venue) is healthy else None
+
+@patch
+def streams_orders(self:SmartOrderManager, venue:str) -> bool:
+    "Whether `venue`'s pushed order updates are flowing."
+    healthy = self._streams.get(venue)
+    return healthy is not None and bool(healthy())
+
+@patch
+def on_order_report(self:SmartOrderManager, venue:str, report:Mapping) -> bool:
+    "Apply a pushed report (ccxt's order structure) to the working child it is about and wake its algorithm; whether there was one."
+    found = self._child_of(venue, report)
+    if found is None: return False
+    ctx, child = found
+    ctx.update(child, report); ctx.nudge()
+    return True
+
+@patch
+def _child_of(self:SmartOrderManager, venue:str, report:Mapping) -> tuple[ExecutionContext, Order]|None:
+    "The context and working child `report` is about (by client order id, else by the venue's id on `venue`); None if none, or it is being placed."
+    found = self._children.get(report.get('clientOrderId'))
+    if found is None and report.get('id') is not None:
+        oid = str(report['id'])
+        found = next(((ctx, c) for ctx, c in self._children.values() if c.venue_order_id == oid and venue in (c.venue, ctx.client.id)), None)
+    if found is None or found[1].is_terminal or found[1].client_order_id in self._placing: return None
+    return found
+
+@patch
+def _listen_to_paper(self:SmartOrderManager, name:str, paper:PaperExchange):
+    def changed(order):
+        cid = order.client_order_id
+        if cid in self._children and cid not in self._placing: self.on_order_report(name, order.report())
+    paper.listen_orders(changed)
+    self.stream_orders(name)
+
+@patch
+def _forget(self:SmartOrderManager, parent:ParentOrder):
+    "Stop routing pushed reports to an ended parent's children."
+    for c in parent.children: self._children.pop(c.client_order_id, None)

@@ -106,7 +106,7 @@ class PaperOrder:
                 'average': avg, 'amount': self.amount, 'filled': self.filled, 'remaining': self.remaining, 'cost': self.cost,
                 'status': self.status, 'fee': {'cost': self.fee, 'currency': self.quote}, 'trades': self.trades}
 
-# %% ../nbs/05_paper.ipynb #471fe309
+# %% ../nbs/05_paper.ipynb #69a31c14
 class PaperExchange(LinearVenue):
     "A simulated spot and linear-perpetual venue with ccxt's unified async API, fed market events through `on_market`."
     def __init__(self, exchange_id:str='binance', # the venue whose markets, precision and fees it mimics
@@ -141,6 +141,7 @@ class PaperExchange(LinearVenue):
         self._bars: dict[str, deque] = {}
         self._watchers: dict[tuple[str, str|None], asyncio.Queue] = {}
         self._callbacks: list[Callable] = []
+        self._order_listeners: list[Callable] = []
         self.callback_errors = 0
 
     has = {'spot': True, 'margin': False, 'swap': True, 'future': False, 'option': False,
@@ -657,7 +658,7 @@ async def fetch_my_trades(self:PaperExchange, symbol:str|None=None, since:int|No
     "Our fills as ccxt trade structures, oldest first."
     return self._select(map(_copy_trade, self._trades), symbol, since, limit)
 
-# %% ../nbs/05_paper.ipynb #eb9a81ca
+# %% ../nbs/05_paper.ipynb #29cbfc9f
 @patch
 def subscribe(self:PaperExchange, callback:Callable[[str, dict], Any]) -> Callable[[], None]:
     "Call `callback(kind, structure)` on every order update and trade; returns the unsubscribe function."
@@ -665,7 +666,19 @@ def subscribe(self:PaperExchange, callback:Callable[[str, dict], Any]) -> Callab
     return lambda: self._callbacks.remove(callback) if callback in self._callbacks else None
 
 @patch
+def listen_orders(self:PaperExchange, callback:Callable[[PaperOrder], Any]) -> Callable[[], None]:
+    "Call `callback(order)` with the venue's own `PaperOrder` each time one changes (read it, do not keep or change it); returns the undo."
+    self._order_listeners.append(callback)
+    return lambda: self._order_listeners.remove(callback) if callback in self._order_listeners else None
+
+@patch
 def _emit(self:PaperExchange, kind:str, item):
+    if kind == 'order':
+        for cb in self._order_listeners:
+            try: cb(item)
+            except Exception:
+                self.callback_errors += 1
+                log.exception("PaperExchange order listener %r failed on order %s", cb, item.id)
     if not (self._callbacks or self._watchers): return
     d = item.to_ccxt() if isinstance(item, PaperOrder) else _copy_trade(item)
     for cb in list(self._callbacks):
