@@ -410,7 +410,7 @@ def _record_closed(self, pos):
 
 for _f in (_on_exit_request, _exit_amount, _write_off_dust, _exit_failed, _retry_exit_after, _on_execution_event, _recorded, _on_risk_event, _record_closed): setattr(LiveTradingEngine, _f.__name__, _f)
 
-# %% ../nbs/54_engine.ipynb #a02f693f
+# %% ../nbs/54_engine.ipynb #4d690477
 def _intervals(self) -> dict[str, float]:
     m = self.config.monitoring
     return {'positions': m.position_check_interval, 'pnl': m.pnl_update_frequency, 'risk': m.risk_check_frequency,
@@ -449,7 +449,7 @@ def holdings_value(self) -> float:
 
 def _revalue(self):
     "Equity from the last balances at the marks (nothing to do when it is all cash and was valued since those balances came)."
-    if self._only_quote and self._valued and self.portfolio._equity is not None: return
+    if self._only_quote and self._valued: return
     self.portfolio.update_equity(self.holdings_value()); self._valued = True
 
 def _only(held:Mapping[str, Mapping[str, float]], quote:str) -> bool:

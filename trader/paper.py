@@ -658,7 +658,7 @@ async def fetch_my_trades(self:PaperExchange, symbol:str|None=None, since:int|No
     "Our fills as ccxt trade structures, oldest first."
     return self._select(map(_copy_trade, self._trades), symbol, since, limit)
 
-# %% ../nbs/05_paper.ipynb #29cbfc9f
+# %% ../nbs/05_paper.ipynb #dbf4f6df
 @patch
 def subscribe(self:PaperExchange, callback:Callable[[str, dict], Any]) -> Callable[[], None]:
     "Call `callback(kind, structure)` on every order update and trade; returns the unsubscribe function."
@@ -674,20 +674,19 @@ def listen_orders(self:PaperExchange, callback:Callable[[PaperOrder], Any]) -> C
 @patch
 def _emit(self:PaperExchange, kind:str, item):
     if kind == 'order':
-        for cb in self._order_listeners:
-            try: cb(item)
-            except Exception:
-                self.callback_errors += 1
-                log.exception("PaperExchange order listener %r failed on order %s", cb, item.id)
+        for cb in self._order_listeners: _notify(self, cb, kind, item.id, item)
     if not (self._callbacks or self._watchers): return
     d = item.to_ccxt() if isinstance(item, PaperOrder) else _copy_trade(item)
-    for cb in list(self._callbacks):
-        try: cb(kind, d)
-        except Exception:
-            self.callback_errors += 1
-            log.exception("PaperExchange callback %r failed on %s %s", cb, kind, d.get('id'))
+    for cb in list(self._callbacks): _notify(self, cb, kind, d.get('id'), kind, d)
     for (k, sym), q in self._watchers.items():
         if k == kind and (sym is None or sym == d['symbol']): q.put_nowait(d)
+
+def _notify(ex:PaperExchange, cb:Callable, kind:str, id, *args):
+    "Call one subscriber with `args`; one that raises is logged and counted, never allowed to stop matching."
+    try: cb(*args)
+    except Exception:
+        ex.callback_errors += 1
+        log.exception("PaperExchange subscriber %r failed on %s %s", cb, kind, id)
 
 @patch
 async def _watch(self:PaperExchange, kind:str, symbol:str|None) -> list[dict]:
