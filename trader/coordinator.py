@@ -236,17 +236,17 @@ async def emergency_shutdown(self, reason:str='emergency shutdown', timeout:floa
 
 ProductionCoordinator.emergency_shutdown = emergency_shutdown
 
-# %% ../nbs/55_coordinator.ipynb #32639fa6
+# %% ../nbs/55_coordinator.ipynb #3621d4a1
 def session_summary(self, wall_seconds:float|None=None) -> dict:
     "Numbers that describe the session so far."
     eng = self.trading_engine
-    summary, totals = eng.positions.get_position_summary()
+    totals = eng.positions.position_totals()
     eq = eng.performance.equity() if eng.performance is not None else None
     lat = sorted(eng.latencies)
     q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] * 1e3 if lat else None
     return {'mode': self.mode, 'events': eng.counts['events'], 'signals': eng.counts['signals'], 'orders': eng.counts['orders'],
             'exits': eng.counts['exits'], 'rejected': eng.counts['rejected'], 'errors': eng.counts['errors'],
-            'positions': len(summary), 'open_positions': len(eng.positions.open_positions()),
+            'positions': len(eng.positions.positions), 'open_positions': len(eng.positions.open_positions()),
             'start_equity': float(eq.iloc[0]) if eq is not None and len(eq) else None, 'end_equity': eng.equity(),
             'realized_pnl': totals.get('realized_pnl'), 'latency_ms_p50': q(0.5), 'latency_ms_p99': q(0.99),
             'wall_seconds': wall_seconds, 'data_notes': list(self.data_notes)}

@@ -426,7 +426,7 @@ async def close(self):
 
 for _f in (on_start, on_stop, on_mode, idle, wait_for, close): setattr(TradingDesk, _f.__name__, _f)
 
-# %% ../nbs/60_desk.ipynb #d5c652e3
+# %% ../nbs/60_desk.ipynb #c20b5cfd
 def _changed(self, part:str, key, force:bool=False) -> bool:
     if not force and self._seen.get(part) == key: return False
     self._seen[part] = key; return True
@@ -443,7 +443,7 @@ def _draw_status(self, force):
     state = (f'<span class="desk-error">HALTED: {html.escape(str(eng.halted))}</span>' if eng.halted else
              '<span class="desk-ok">running</span>' if self.running else 'stopped')
     px = eng.marks.get(sym)
-    _, totals = eng.positions.get_position_summary() if eng.positions.positions else (None, {'total_pnl': 0.0})
+    totals = eng.positions.position_totals()
     self.status.value = (f'<div style="font-family:monospace">{self.coordinator.mode} | {state} | {_ts(eng.clock.ms()):%Y-%m-%d %H:%M:%S} UTC | '
                          f'{html.escape(sym)} {_fmt(px)} | equity {_fmt(_equity(eng))} | P&amp;L {_pnl(totals["total_pnl"])} | '
                          f'events {eng.counts["events"]} | {len(eng.positions.open_positions())} open, {len(eng.orders.active_orders)} working</div>')
@@ -528,11 +528,11 @@ def _draw_orders(self, force):
 
 for _f in (_button_row, _draw_positions, _draw_orders): setattr(TradingDesk, _f.__name__, _f)
 
-# %% ../nbs/60_desk.ipynb #a5fcd5a5
+# %% ../nbs/60_desk.ipynb #817e1a64
 def _draw_equity(self, force):
     eng = self.engine
     eq = eng.performance.equity() if eng.performance is not None else pd.Series(dtype=float)
-    _, totals = eng.positions.get_position_summary()
+    totals = eng.positions.position_totals()
     self.pnl_line.value = (f'equity {_fmt(_equity(eng))} | realized {_pnl(totals["realized_pnl"])} | unrealized {_pnl(totals["unrealized_pnl"])} | '
                            f'fees {_fmt(totals["fees"])} | closed {totals["closed_positions"]}, win rate {_fmt(totals["win_rate"] * 100, 0)} %')
     if not len(eq) or not self._changed('equity', (len(eq), eq.index[-1], eq.iloc[-1]), force): return

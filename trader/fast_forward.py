@@ -267,18 +267,20 @@ def replay_risk(engine, t:np.ndarray, eq:np.ndarray, revalue:np.ndarray, check:n
         state = (equity, hwm, day, day_start, seen); path.append(equity)
     return len(eq), state, path
 
-# %% ../nbs/56_fast_forward.ipynb #1e7d705d
+# %% ../nbs/56_fast_forward.ipynb #fe922e39
 def _risk_quick(engine, t, eq, revalue, check):
     "`replay_risk`'s answer without the loop in the two common cases, else None."
     p, e = engine.portfolio, engine.risk.emergency
     state, n = (p._equity, p.high_water_mark, p._day, p.day_start_equity, engine._risk_equity), len(eq)
     if not revalue.any(): return (n, state, [p._equity] * n) if not check.any() or p._equity == engine._risk_equity else None
-    if not (revalue.all() and check.all() and p.high_water_mark and p.day_start_equity and (eq > 0).all()): return None
+    if not (revalue.all() and check.all() and p.high_water_mark and p.day_start_equity): return None
     if int(t[0] // 86_400) != p._day or int(t[-1] // 86_400) != p._day: return None
-    hwm = np.maximum.accumulate(np.maximum(eq, p.high_water_mark))
-    if not (eq > np.maximum(p.day_start_equity * (1 - e.max_daily_loss), hwm * (1 - e.max_drawdown)) * (1 + 1e-9)).all(): return None
-    last = float(eq[-1])
-    return n, (last, float(hwm[-1]), p._day, p.day_start_equity, last), eq.tolist()
+    path, hwm = eq.tolist(), float(p.high_water_mark)   # a plain loop: a stretch is tens of events, where numpy's calls cost more
+    floor, keep = p.day_start_equity * (1 - e.max_daily_loss), 1 - e.max_drawdown
+    for x in path:
+        if x > hwm: hwm = x
+        if not (x > 0 and x > max(floor, hwm * keep) * (1 + 1e-9)): return None
+    return n, (path[-1], hwm, p._day, p.day_start_equity, path[-1]), path
 
 # %% ../nbs/56_fast_forward.ipynb #58dc13d9
 def _apply(engine, tape:BarTape, i:int, j:int, runs:Mapping[str, np.ndarray], state:tuple, equity:list[float]):

@@ -22,7 +22,7 @@ __all__ = ['log', 'EXIT_REASONS', 'NO_EXIT', 'STOP', 'TARGET', 'TRAIL', 'TIME', 
            'exit_of', 'ExitBook', 'HeldPosition', 'AdvancedPositionManager', 'open_position', 'set_exit_levels',
            'on_price', 'on_bar', 'atr_of', 'request_exit', 'flush', 'pending_callbacks', 'clear_pending_exit',
            'exit_signal', 'close_all', 'link_order', 'on_fill', 'close_position', 'monitor_position_pnl',
-           'calculate_position_metrics', 'get_position_summary', 'risk_rows']
+           'calculate_position_metrics', 'get_position_summary', 'position_totals', 'risk_rows']
 
 # %% ../nbs/20_positions.ipynb #e874b791
 EXIT_REASONS = ('stop_loss', 'take_profit', 'trailing_stop', 'time_exit', 'exit_signal', 'emergency')
@@ -511,7 +511,7 @@ def calculate_position_metrics(self:AdvancedPositionManager, position_id:str) ->
 
 for _f in (_extremes, _excursions, monitor_position_pnl, calculate_position_metrics): setattr(AdvancedPositionManager, _f.__name__, _f)
 
-# %% ../nbs/20_positions.ipynb #9ea63cd0
+# %% ../nbs/20_positions.ipynb #03beeaf4
 SUMMARY_COLUMNS = ['symbol', 'strategy', 'venue', 'side', 'status', 'amount', 'contract_size', 'entry_price', 'exit_price', 'mark', 'unrealized_pnl',
                    'realized_pnl', 'fees', 'r_multiple', 'mae_pct', 'mfe_pct', 'holding_period', 'exit_reason']
 
@@ -528,16 +528,23 @@ def get_position_summary(self:AdvancedPositionManager) -> tuple[pd.DataFrame, di
     "One row per position and the totals."
     df = pd.DataFrame([self._summary_row(pid) for pid in self.positions], index=pd.Index(list(self.positions), name='position_id'),
                       columns=SUMMARY_COLUMNS)
-    closed = df[df.status == 'closed']
-    totals = dict(open_positions=int((df.status == 'open').sum()), closed_positions=len(closed),
-                  realized_pnl=float(df.realized_pnl.sum()), unrealized_pnl=float(df.unrealized_pnl.sum()),
-                  total_pnl=float(df.realized_pnl.sum() + df.unrealized_pnl.sum()), fees=float(df.fees.sum()),
-                  open_notional=float((df.amount * df.contract_size * df.mark).where(df.status == 'open', 0.0).sum()),
-                  win_rate=float((closed.realized_pnl > 0).mean()) if len(closed) else math.nan)
-    return df, totals
+    return df, self.position_totals()
+
+def position_totals(self:AdvancedPositionManager) -> dict:
+    "The summary's totals without its frame (what a report or a desk refresh reads): exact sums over the positions."
+    realized, unrealized, fees, notional, wins, closed = [], [], [], [], 0, 0
+    for pos in self.positions.values():
+        realized.append(pos.realized_pnl); fees.append(pos.fees_paid)
+        if pos.amount:
+            mark = self.marks.get(pos.symbol, pos.entry_price)
+            unrealized.append(pos.unrealized_pnl(mark)); notional.append(pos.amount * pos.contract_size * mark)
+        else: closed += 1; wins += pos.realized_pnl > 0
+    r, u = math.fsum(realized), math.fsum(unrealized)
+    return dict(open_positions=len(unrealized), closed_positions=closed, realized_pnl=r, unrealized_pnl=u, total_pnl=r + u,
+                fees=math.fsum(fees), open_notional=math.fsum(notional), win_rate=wins / closed if closed else math.nan)
 
 def risk_rows(self:AdvancedPositionManager) -> list[tuple[str, str, str, float]]:
     "Open positions as (symbol, strategy, side, notional at the last mark) rows, as the risk manager reads them."
     return [(p.symbol, p.strategy, p.side.value, p.amount * self.marks.get(p.symbol, p.entry_price) * p.contract_size) for p in self.open_positions()]
 
-for _f in (_summary_row, get_position_summary, risk_rows): setattr(AdvancedPositionManager, _f.__name__, _f)
+for _f in (_summary_row, get_position_summary, position_totals, risk_rows): setattr(AdvancedPositionManager, _f.__name__, _f)
