@@ -228,13 +228,13 @@ async def replay_until_done(clock, paper, manager, events, p, i=200):
         await clock.advance_to(max(clock.time(), event_time(e) / 1000)); paper.on_market(e); manager.on_market(e)
     await clock.settle()
 
-async def resting_bid(events, venue_cls=PaperExchange, healthy=None):
+async def resting_bid(events, venue_cls=PaperExchange, up_since=None):
     "A bid for 0.05 BTC 10 USDT under the touch on the real tape, worked until the trades fill it."
     t0 = events[0].timestamp / 1000
     clock = SimClock(t0)
     paper = venue_cls('binance', clock=clock, balances={'USDT': 1_000_000.0})
     manager = SmartOrderManager({'binance': paper}, clock, execution=ExecutionConfig(order_timeout=3600, partial_fill_threshold=1.0))
-    if healthy is not None: manager.stream_orders('binance', healthy)
+    if up_since is not None: manager.stream_orders('binance', up_since)
     for e in events[:200]: paper.on_market(e); manager.on_market(e)
     closed = filled_at(paper)
     bid = manager.view('binance', SYMBOL).bid
@@ -252,9 +252,33 @@ async def test_a_silent_stream_is_caught_up_by_the_poll_interval(events):
     assert p.status == 'completed' and 0 < p.end_time - venue_ms <= 30_000 + 1_000
 
 async def test_a_dropped_stream_polls_every_tick_again(events):
-    p, venue_ms, fetches, elapsed = await resting_bid(events, SilentPaper, healthy=lambda: False)
+    p, venue_ms, fetches, elapsed = await resting_bid(events, SilentPaper, up_since=lambda: None)
     assert p.status == 'completed' and 0 < p.end_time - venue_ms <= 1_000
     assert fetches >= elapsed - 2                                      # about one fetch per second
+
+async def test_a_stream_back_from_a_break_has_its_children_fetched_once(events):
+    "What a venue pushed during a break is lost: children last heard of before its stream came back are fetched at the next tick, once."
+    clock, paper = SimClock(events[0].timestamp / 1000), None
+    paper = SilentPaper('binance', clock=clock, balances={'USDT': 1_000_000.0})
+    manager = SmartOrderManager({'binance': paper}, clock, execution=ExecutionConfig(order_timeout=3600))
+    since = [clock.time()]
+    manager.stream_orders('binance', lambda: since[0])
+    for e in events[:200]: paper.on_market(e); manager.on_market(e)
+    p = await manager.execute(OrderRequest(SYMBOL, 'buy', 0.05, limit_price=manager.view('binance', SYMBOL).bid - 10.0), algo='limit', wait=False)
+    fetches = lambda: manager.clients['binance'].requests['fetch_order']
+    async def wait(seconds): await clock.advance_to(clock.time() + seconds); await clock.settle()
+    await wait(5.3)
+    assert fetches() == 0                                              # heard of when placed; the stream is up
+    since[0] = clock.time()                                            # it broke and came back between two ticks
+    await wait(2)
+    assert fetches() == 1
+    await wait(20)
+    assert fetches() == 1                                              # then left to the stream for poll_interval
+    since[0] = None                                                    # down: every tick
+    await wait(3)
+    assert fetches() == 4
+    assert p.children[0].is_working
+    await manager.cancel_order(p.id)
 
 async def test_order_reports_are_matched_by_id_and_applied_once(events):
     clock, paper, manager = setup(events)

@@ -159,7 +159,7 @@ def _build_engine(self, mode:str, clock:Clock, paper:bool):
 
 for _f in (initialize_production_system, _initialize_live, _build_engine): setattr(ProductionCoordinator, _f.__name__, _f)
 
-# %% ../nbs/55_coordinator.ipynb #fc9adb4e
+# %% ../nbs/55_coordinator.ipynb #34deab8c
 def register_strategy(self, name:str, strategy, allocation:float):
     "Register `strategy` under `name` with a fraction `allocation` of equity."
     if self.engine is not None: self.engine.register_strategy(name, strategy, allocation)
@@ -209,7 +209,7 @@ async def run_live(self, duration:float|None):
     async with WebSocketManager(clock=eng.clock, on_alert=lambda a: eng.alerts.emit('warning', str(a), source='websocket')) as ws:
         for name, ex in (self._clients or {}).items():   # market data from the real exchanges (ccxt.pro objects); with keys, our orders too
             for sym in {s for st in eng.strategies.values() for s in getattr(st, 'symbols', [])}: ws.subscribe(ex, sym)
-        pushed = [eng.orders.stream_orders(name, partial(ws.flowing, ex.id, 'orders')) for name, ex in (self._clients or {}).items()
+        pushed = [eng.orders.stream_orders(name, partial(ws.up_since, ex.id, 'orders')) for name, ex in (self._clients or {}).items()
                   if self.mode == 'live' and name in eng.orders.clients and ws.flowing(ex.id, 'orders')]   # paper venues push in process
         deadline = None if not duration else eng.clock.time() + duration
         try:

@@ -315,7 +315,7 @@ def _amount(x) -> float:
         raise OrderValidationError('amount', 'must be a positive number', x)
     return float(x)
 
-# %% ../nbs/10_orders.ipynb #716a360b
+# %% ../nbs/10_orders.ipynb #d3ec6366
 class ExecutionContext:
     "An algorithm's handle on its parent order: market view, clock, configuration, and child orders."
     def __init__(self, manager:SmartOrderManager, parent:ParentOrder, client:ExchangeClient):
@@ -386,10 +386,11 @@ class ExecutionContext:
         self.update(child, report)
 
     async def sync(self) -> None:
-        "Bring every working child up to date; on a venue that pushes its updates, only those it was quiet about for `poll_interval`."
-        streamed, now, every = self.manager.streams_orders(self.parent.venue), self.clock.time(), self.manager.poll_interval
+        "Bring every working child up to date; on a venue that pushes its updates, only those it was quiet about for `poll_interval` or last heard of before its stream's last break."
+        since, now, every = self.manager.order_stream_since(self.parent.venue), self.clock.time(), self.manager.poll_interval
         for child in self.parent.working_children:
-            if streamed and now - self._heard.get(child.client_order_id, -math.inf) < every: continue
+            heard = self._heard.get(child.client_order_id, -math.inf)
+            if since is not None and heard >= since and now - heard < every: continue
             try: await self.refresh(child)
             except (ccxt.BaseError, OrderFateUnknown) as e: self.manager.log.warning(f"{self.parent.id} sync {child.client_order_id}: {type_name(e)}: {e}")
 
@@ -443,7 +444,7 @@ class ExecutionContext:
         self.parent.end_price = self.view.mid
         self.parent.move(status, reason, self.now())
 
-# %% ../nbs/10_orders.ipynb #56a130dd
+# %% ../nbs/10_orders.ipynb #1cedca8b
 class SmartOrderManager:
     "Validates, routes and executes orders through execution algorithms; tracks parents, children, fills and statistics."
     def __init__(self, venues:Mapping[str, Any],            # name -> ccxt-shaped venue or ExchangeClient
@@ -470,7 +471,7 @@ class SmartOrderManager:
         self._algos, self._tasks, self._subscribers, self._n = {}, {}, [], 0
         self._children: dict[str, tuple[ExecutionContext, Order]] = {}   # client order id -> its parent's context and the child, until the parent ends
         self._placing: set[str] = set()                 # children whose create request is in flight: its answer brings them up to date
-        self._streams: dict[str, Callable[[], bool]] = {}   # venue -> whether its pushed order updates are flowing
+        self._streams: dict[str, Callable[[], float|None]] = {}   # venue -> since when its pushed order updates have flowed (None: not now)
         for name, c in self.clients.items():
             if isinstance(c.exchange, PaperExchange): self._listen_to_paper(name, c.exchange)
 
@@ -670,19 +671,26 @@ def get_statistics(self:SmartOrderManager) -> dict:
     group = lambda key: {k: execution_statistics([p for p in ps if key(p) == k]) for k in sorted({key(p) for p in ps if key(p)})}
     return {**execution_statistics(ps), 'by_algorithm': group(lambda p: p.algo), 'by_venue': group(lambda p: p.venue)}
 
-# %% ../nbs/10_orders.ipynb #a69fe690
+# %% ../nbs/10_orders.ipynb #74789ad4
 @patch
-def stream_orders(self:SmartOrderManager, venue:str, healthy:Callable[[], bool]=lambda: True) -> Callable[[], None]:
-    "Say that `venue` pushes our orders' updates to `on_order_report` while `healthy()`; returns the undo."
+def stream_orders(self:SmartOrderManager, venue:str,
+                  up_since:Callable[[], float|None]=lambda: -math.inf, # clock seconds since the stream has been up without a break; None: down
+                 ) -> Callable[[], None]:
+    "Say that `venue` pushes our orders' updates to `on_order_report` while `up_since()` is not None; returns the undo."
     if venue not in self.clients: raise OrderValidationError('venue', f"unknown venue; have {sorted(self.clients)}", venue)
-    self._streams[venue] = healthy
-    return lambda: self._streams.pop(venue) if self._streams.get(venue) is healthy else None
+    self._streams[venue] = up_since
+    return lambda: self._streams.pop(venue) if self._streams.get(venue) is up_since else None
+
+@patch
+def order_stream_since(self:SmartOrderManager, venue:str) -> float|None:
+    "Clock seconds since which `venue`'s pushed order updates have flowed without a break; None if they are not flowing."
+    up_since = self._streams.get(venue)
+    return None if up_since is None else up_since()
 
 @patch
 def streams_orders(self:SmartOrderManager, venue:str) -> bool:
     "Whether `venue`'s pushed order updates are flowing."
-    healthy = self._streams.get(venue)
-    return healthy is not None and bool(healthy())
+    return self.order_stream_since(venue) is not None
 
 @patch
 def on_order_report(self:SmartOrderManager, venue:str, report:Mapping) -> bool:

@@ -115,7 +115,7 @@ def fill(trade:dict, venue:str) -> Fill:
                 float(fee.get('cost') or 0.0), fee.get('currency'), int(trade['timestamp']),
                 'maker' if trade.get('takerOrMaker') == 'maker' else 'taker', venue)
 
-# %% ../nbs/42_websocket.ipynb #820c95f3
+# %% ../nbs/42_websocket.ipynb #9d7110b1
 @dataclass
 class StreamState:
     "Health and counters of one (venue, symbol, channel) stream."
@@ -123,6 +123,7 @@ class StreamState:
     symbol: str
     channel: str
     started_at: float              # clock seconds
+    up_since: float|None = None    # since when it has been watching without a break (a reconnect's new watch starts it again); None while down
     last_data_at: float|None = None
     events: int = 0                # market events emitted
     reconnects: int = 0            # network errors followed by a new watch after a backoff
@@ -190,7 +191,7 @@ class WebSocketManager:
         return (f"WebSocketManager({len(self.streams)} streams on {sorted(self.exchanges)}, events {s['events']}, "
                 f"reconnects {s['reconnects']}, resyncs {s['resyncs']}, stale {sorted(self.paused_symbols)})")
 
-# %% ../nbs/42_websocket.ipynb #cba6e965
+# %% ../nbs/42_websocket.ipynb #cbacb9d0
 def _check_channels(exchange, channels:Iterable[str], private:bool|None) -> list[str]:
     chans = list(dict.fromkeys(channels))
     has_keys = bool(getattr(exchange, 'apiKey', None))
@@ -215,13 +216,13 @@ def subscribe(self:WebSocketManager, exchange, symbol:str, channels:Iterable[str
     for ch in _check_channels(exchange, channels, private):
         key = (venue, symbol, ch)
         if key not in self.streams:
-            self.streams[key] = StreamState(venue, symbol, ch, started_at=now)
+            self.streams[key] = StreamState(venue, symbol, ch, started_at=now, up_since=now)
             self._tasks[key] = loop.create_task(self._run(self.streams[key], exchange, timeframe), name=f"ws:{venue}:{symbol}:{ch}")
         out.append(self.streams[key])
     if self._monitor is None: self._monitor = loop.create_task(self._monitor_loop(), name='ws:staleness')
     return out
 
-# %% ../nbs/42_websocket.ipynb #b12c8d70
+# %% ../nbs/42_websocket.ipynb #6e166b5d
 @patch
 async def _run(self:WebSocketManager, st:StreamState, exchange, timeframe:str):
     "One stream, forever: watch, convert, enqueue; resync on gaps, back off and reconnect on network errors."
@@ -237,7 +238,7 @@ async def _run(self:WebSocketManager, st:StreamState, exchange, timeframe:str):
             if await self._retry(st, e, failures): continue
             return
         except Exception as e:
-            st.done = True; st.errors += 1; st.last_error = repr(e)
+            st.done, st.up_since = True, None; st.errors += 1; st.last_error = repr(e)
             _log.exception("%s %s %s: stream stopped", *st.key); return
         failures = 0
         if disrupted and st.channel == 'order_book': st.resyncs += 1
@@ -248,16 +249,17 @@ async def _run(self:WebSocketManager, st:StreamState, exchange, timeframe:str):
 
 @patch
 async def _retry(self:WebSocketManager, st:StreamState, error:Exception, failures:int, first_is_free:bool=False) -> bool:
-    "Wait this failure's backoff on the clock (a first gap resyncs at once); False once `max_retries` is spent."
-    st.last_error = repr(error)
+    "Wait this failure's backoff on the clock (a first gap resyncs at once), the stream down meanwhile; False once `max_retries` is spent."
+    st.last_error, st.up_since = repr(error), None
     if self.max_retries is not None and failures > self.max_retries:
         st.done = True; st.errors += 1
         _log.error("%s %s %s: giving up after %d retries: %s", *st.key, failures - 1, error); return False
-    if first_is_free and failures == 1:
-        _log.warning("%s %s %s: sequence gap, resyncing: %s", *st.key, error); return True
-    wait = backoff_delay(failures - first_is_free, self.rng, **self.backoff)
-    _log.warning("%s %s %s: %s; retrying in %.2fs (attempt %d)", *st.key, error, wait, failures)
-    await self.clock.sleep(wait); return True
+    if first_is_free and failures == 1: _log.warning("%s %s %s: sequence gap, resyncing: %s", *st.key, error)
+    else:
+        wait = backoff_delay(failures - first_is_free, self.rng, **self.backoff)
+        _log.warning("%s %s %s: %s; retrying in %.2fs (attempt %d)", *st.key, error, wait, failures)
+        await self.clock.sleep(wait)
+    st.up_since = self.clock.time(); return True   # the next watch subscribes again: what came during the break is lost
 
 @patch
 def _step(self:WebSocketManager, st:StreamState, exchange, timeframe:str) -> Callable:
@@ -332,17 +334,22 @@ async def _monitor_loop(self:WebSocketManager):
         await self.clock.sleep(self.check_every)
         self.check_staleness()
 
-# %% ../nbs/42_websocket.ipynb #9c376e10
+# %% ../nbs/42_websocket.ipynb #bd29a269
 @patch
 def is_stale(self:WebSocketManager, symbol:str, venue:str|None=None) -> bool:
     "Whether any stream of `symbol` (on `venue`, or any venue) is stale."
     return any(st.stale for st in self.streams.values() if st.symbol == symbol and venue in (None, st.venue))
 
 @patch
+def up_since(self:WebSocketManager, venue:str, channel:str) -> float|None:
+    "Clock seconds since which every `channel` stream of `venue` has been up without a break; None if there is none, or one is down (the order manager's `stream_orders` reads it)."
+    since = [st.up_since for st in self.streams.values() if st.venue == venue and st.channel == channel]
+    return max(since) if since and None not in since else None
+
+@patch
 def flowing(self:WebSocketManager, venue:str, channel:str) -> bool:
-    "Whether `venue` has `channel` streams and none has stopped for good (the order manager trusts pushed order reports while this holds)."
-    mine = [st for st in self.streams.values() if st.venue == venue and st.channel == channel]
-    return bool(mine) and not any(st.done for st in mine)
+    "Whether `venue` has `channel` streams and every one is up: none is between a failure and its reconnect, none has stopped for good."
+    return self.up_since(venue, channel) is not None
 
 @patch(as_prop=True)
 def trading_paused(self:WebSocketManager) -> bool:
