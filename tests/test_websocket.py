@@ -10,7 +10,7 @@ import pytest
 import ccxt.pro
 
 sys.path.insert(0, str(Path(__file__).parent))
-from wsreplay import BinanceReplayServer, CAPTURE
+from wsreplay import BinanceReplayServer, CAPTURE, until
 from trader.core import Bar, BookUpdate, Quote, Side, TradeTick
 from trader.data import load_candles, sample_path
 from trader.websocket import StreamRecovered, StreamStale, WebSocketManager
@@ -61,13 +61,6 @@ def last_u(upto:int) -> int:
 
 
 # --- harness ---------------------------------------------------------------------------------------------------
-async def until(pred, timeout:float=15.0, what:str='condition'):
-    "Poll `pred` until true; fail with `what` after `timeout` seconds."
-    loop = asyncio.get_running_loop(); end = loop.time() + timeout
-    while not pred():
-        if loop.time() > end: raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.01)
-
 class Run:
     "A replay server, a pointed ccxt.pro binance, a manager, and the events it produced."
     def __init__(self, **kw):

@@ -14,9 +14,15 @@ It speaks just enough of Binance for an unmodified `ccxt.pro.binance()`:
 The replay is driven by the test: `await server.play(n)` pushes the next `n` messages as fast as the sockets
 take them. Fault injection: `mute(stream)` (the stream goes silent), `drop_next(stream)` (one message is lost:
 a sequence gap), `disconnect_all()` (server-side close of every websocket).
+
+The user data stream, as Binance spot serves it to ccxt 4.5 (the websocket API): websocket `/ws-api/v3` takes a
+`userDataStream.subscribe.signature` request (apiKey, timestamp, HMAC-SHA256 signature of the sorted query, checked
+against `API_KEY` / `SECRET`), answers with a `subscriptionId`, then carries `{"subscriptionId", "event"}` frames:
+`push_user(event)` sends one. `execution_reports` turns a venue's ccxt order structure into the `executionReport`
+events Binance would have sent for it.
 """
 from __future__ import annotations
-import asyncio, gzip, json
+import asyncio, gzip, hashlib, hmac, json
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import lru_cache
@@ -122,6 +128,8 @@ class BinanceReplayServer:
         self.snapshot_requests: list[int] = []   # lastUpdateId of each REST snapshot served
         self.subscribe_requests: list[tuple[str, ...]] = []
         self.connections = 0
+        self.user_streams: dict[web.WebSocketResponse, int] = {}   # subscribed user data connections -> subscriptionId
+        self.logins: list[bool] = []                               # each subscribe request: whether its signature was valid
         self._transports = {}
         self._changed = asyncio.Event()
         self._runner = None
@@ -132,6 +140,7 @@ class BinanceReplayServer:
         app = web.Application()
         app.router.add_get('/api/v3/depth', self._depth)
         app.router.add_get('/stream/ws/{index}', self._websocket)
+        app.router.add_get('/ws-api/v3', self._ws_api)
         self._runner = web.AppRunner(app, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, '127.0.0.1', 0)
@@ -156,6 +165,7 @@ class BinanceReplayServer:
         from trader.data import load_markets
         exchange.urls['api']['ws']['spot'] = self.ws_url
         exchange.urls['api']['public'] = self.rest_url
+        exchange.urls['api']['ws']['ws-api']['spot'] = f'ws://127.0.0.1:{self.port}/ws-api/v3'
         # the bundled markets predate some keys ccxt 4.5.90 reads ('linear', 'inverse', 'settle', ...):
         # complete them with ccxt's own empty market structure
         markets = {s: {**exchange.safe_market_structure(), **m} for s, m in load_markets('binance').items()}
@@ -190,6 +200,35 @@ class BinanceReplayServer:
         finally:
             self.subscriptions.pop(ws, None); self._transports.pop(ws, None); self._changed.set()
         return ws
+
+    async def _ws_api(self, request:web.Request) -> web.WebSocketResponse:
+        "Binance's websocket API, the user data stream part: a signed subscribe, then pushed events."
+        ws = web.WebSocketResponse(autoping=True)
+        await ws.prepare(request)
+        self._transports[ws] = request.transport; self.connections += 1
+        try:
+            async for msg in ws:
+                if msg.type != WSMsgType.TEXT: continue
+                req = json.loads(msg.data)
+                if req.get('method') != 'userDataStream.subscribe.signature':
+                    await ws.send_str(json.dumps({'id': req.get('id'), 'status': 400, 'error': {'code': -1100, 'msg': f"Unknown method {req.get('method')}."}}))
+                    continue
+                self.logins.append(_signed(req.get('params') or {}))
+                if not self.logins[-1]:
+                    await ws.send_str(json.dumps({'id': req.get('id'), 'status': 401, 'error': {'code': -1022, 'msg': 'Signature for this request is not valid.'}}))
+                    continue
+                sid = self.user_streams[ws] = len(self.logins) - 1
+                self.subscriptions[ws] = {USER_DATA}
+                await ws.send_str(json.dumps({'id': req['id'], 'status': 200, 'result': {'subscriptionId': sid}}))
+                self._changed.set()
+        finally:
+            self.user_streams.pop(ws, None); self.subscriptions.pop(ws, None); self._transports.pop(ws, None); self._changed.set()
+        return ws
+
+    async def push_user(self, event:dict):
+        "Send one user data event (an `executionReport`, say) to every subscribed user stream."
+        for ws, sid in list(self.user_streams.items()):
+            if not ws.closed: await ws.send_str(json.dumps({'subscriptionId': sid, 'event': event}, separators=(',', ':')))
 
     def subscribed(self) -> set[str]:
         "Every stream some open connection subscribed."
@@ -252,3 +291,57 @@ class BinanceReplayServer:
             m = (await self.play(1))[0]; out.append(m)
             if pred(m): break
         return out
+
+
+async def until(pred, timeout:float=15.0, what:str='condition'):
+    "Poll `pred` until true; fail with `what` after `timeout` seconds."
+    loop = asyncio.get_running_loop(); end = loop.time() + timeout
+    while not pred():
+        if loop.time() > end: raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+# --- the user data stream -----------------------------------------------------------------------------------------
+API_KEY, SECRET, USER_DATA = 'replay-api-key', 'replay-secret', 'userData'
+
+def _signed(params:dict) -> bool:
+    "Binance's check: the apiKey is ours and `signature` is the HMAC-SHA256 of the other params, sorted, as `k=v&...`."
+    p = dict(params); sig = p.pop('signature', None)
+    query = '&'.join(f'{k}={v}' for k, v in sorted(p.items()))
+    return p.get('apiKey') == API_KEY and sig == hmac.new(SECRET.encode(), query.encode(), hashlib.sha256).hexdigest()
+
+def _dec(x) -> str: return f'{Decimal(str(x)):.8f}'
+
+class ExecutionReports:
+    "Binance spot `executionReport` events for a venue's orders (ccxt order structures): NEW, one TRADE per fill, CANCELED / EXPIRED."
+    def __init__(self, symbol_id:str='BTCUSDT'):
+        self.symbol_id, self.sent = symbol_id, {}   # order id -> trade ids reported
+
+    def __call__(self, order:dict) -> list[dict]:
+        "The events this state of `order` adds to what was sent for it before."
+        out, oid = [], order['id']
+        if oid not in self.sent: self.sent[oid] = set(); out.append(self._event(order, 'NEW', 'NEW', order['timestamp']))
+        cum_q = sum(Decimal(str(t['amount'])) for t in order['trades'] if t['id'] in self.sent[oid])
+        cum_quote = sum(Decimal(str(t['cost'])) for t in order['trades'] if t['id'] in self.sent[oid])
+        for t in order['trades']:
+            if t['id'] in self.sent[oid]: continue
+            self.sent[oid].add(t['id'])
+            cum_q += Decimal(str(t['amount'])); cum_quote += Decimal(str(t['cost']))
+            done = cum_q >= Decimal(str(order['amount']))
+            out.append(self._event(order, 'TRADE', 'FILLED' if done else 'PARTIALLY_FILLED', t['timestamp'],
+                                   l=_dec(t['amount']), L=_dec(t['price']), z=_dec(cum_q), Z=_dec(cum_quote), n=_dec(t['fee']['cost']),
+                                   N=t['fee']['currency'], t=int(str(t['id']).lstrip('T')), m=t['takerOrMaker'] == 'maker'))
+        if order['status'] in ('canceled', 'expired'):
+            out.append(self._event(order, order['status'].upper(), order['status'].upper(), order['lastUpdateTimestamp'], z=_dec(cum_q), Z=_dec(cum_quote)))
+        return out
+
+    def _event(self, order:dict, x:str, X:str, T:int, **kw) -> dict:
+        e = {'e': 'executionReport', 'E': T, 's': self.symbol_id, 'c': order['clientOrderId'], 'S': order['side'].upper(),
+             'o': order['type'].upper(), 'f': order.get('timeInForce') or 'GTC', 'q': _dec(order['amount']), 'p': _dec(order['price'] or 0),
+             'P': '0.00000000', 'F': '0.00000000', 'g': -1, 'C': '', 'x': x, 'X': X, 'r': 'NONE', 'i': order['id'],
+             'l': '0.00000000', 'z': '0.00000000', 'L': '0.00000000', 'n': '0', 'N': None, 'T': T, 't': -1, 'I': 0,
+             'w': X == 'NEW', 'm': False, 'M': False, 'O': order['timestamp'], 'Z': '0.00000000', 'Y': '0.00000000', 'Q': '0.00000000',
+             'W': order['timestamp'], 'V': 'EXPIRE_MAKER'}
+        e.update(kw)
+        if x == 'TRADE': e['Y'] = _dec(Decimal(kw['l']) * Decimal(kw['L']))
+        return e
