@@ -33,7 +33,7 @@ def events(): return sample_market_events(SYM)
 
 @pytest.fixture
 async def venue(events):
-    "The replay server, a ccxt.pro binance with the server's keys pointed at it, a SimClock and a websocket manager on it."
+    "The replay server, a SimClock and a websocket manager on it."
     server = BinanceReplayServer(); await server.start()
     clock = SimClock(events[0].timestamp / 1000)
     ws = WebSocketManager(clock=clock, rng=np.random.default_rng(0))
@@ -42,43 +42,59 @@ async def venue(events):
 
 def pointed(server, secret=SECRET): return server.point(ccxt.pro.binance({'apiKey': API_KEY, 'secret': secret}))
 
-async def test_fills_pushed_over_the_user_stream_complete_the_order_with_the_venues_trades(venue, events):
-    server, clock, ws = venue
-    ws.subscribe(pointed(server), SYM, channels=['orders'])
-    await server.wait_subscribed({USER_DATA})
-    assert server.logins == [True] and ws.flowing('binance', 'orders')
-    paper = WebSocketOnlyPaper('binance', clock=clock, balances={'USDT': 1_000_000.0})
-    manager = SmartOrderManager({'binance': paper}, clock, execution=ExecutionConfig(order_timeout=3600, partial_fill_threshold=1.0))
-    manager.stream_orders('binance', partial(ws.up_since, 'binance', 'orders'))
-    to_send, reports, applied = [], ExecutionReports(), []
-    paper.subscribe(lambda kind, d: to_send.extend(reports(d)) if kind == 'order' else None)
+class Desk:
+    """A paper venue on the tape and its order manager, told that the venue pushes over `ws`; the venue's order changes go out as
+    Binance executionReports, and the OrderUpdates ccxt.pro parses from them are applied to the manager, as the engine does."""
+    def __init__(self, server, clock, ws, events):
+        self.server, self.clock, self.ws, self.events, self.pending, self.applied = server, clock, ws, events, [], []
+        self.paper = WebSocketOnlyPaper('binance', clock=clock, balances={'USDT': 1_000_000.0})
+        self.manager = SmartOrderManager({'binance': self.paper}, clock, execution=ExecutionConfig(order_timeout=3600, partial_fill_threshold=1.0))
+        self.manager.stream_orders('binance', partial(ws.up_since, 'binance', 'orders'))
+        reports = ExecutionReports()
+        self.paper.subscribe(lambda kind, d: self.pending.extend(reports(d)) if kind == 'order' else None)
+        for e in events[:200]: self.paper.on_market(e); self.manager.on_market(e)
 
-    async def deliver():
-        "Push what the venue produced; apply each OrderUpdate ccxt.pro parsed from it, as the engine does."
-        pushed = len(to_send)
-        for e in to_send: await server.push_user(e)
-        to_send.clear()
+    @property
+    def fetches(self) -> int: return self.manager.clients['binance'].requests['fetch_order']
+
+    async def bid_under_the_touch(self):
+        "0.05 BTC bid 10 USDT under the touch: it rests until the tape comes down to it."
+        bid = self.manager.view('binance', SYM).bid - 10.0
+        return await self.manager.execute(OrderRequest(SYM, 'buy', 0.05, limit_price=bid), algo='limit', wait=False)
+
+    async def deliver(self):
+        "Push what the venue produced and apply what arrives."
+        n = len(self.pending)
+        for e in self.pending: await self.server.push_user(e)
+        self.pending.clear()
         got = []
         def arrived():
-            got.extend(u for u in ws.drain() if isinstance(u, OrderUpdate)); return len(got) >= pushed
-        await until(arrived, what=f'{pushed} order updates')
-        for u in got: applied.append(manager.on_order_report(u.venue, u.report))
-        await clock.settle()
+            got.extend(u for u in self.ws.drain() if isinstance(u, OrderUpdate)); return len(got) >= n
+        await until(arrived, what=f'{n} order updates')
+        self.applied += [self.manager.on_order_report(u.venue, u.report) for u in got]
+        await self.clock.settle()
 
-    for e in events[:200]: paper.on_market(e); manager.on_market(e)
-    bid = manager.view('binance', SYM).bid - 10.0                      # rests until the tape comes down to it
-    p = await manager.execute(OrderRequest(SYM, 'buy', 0.05, limit_price=bid), algo='limit', wait=False)
-    await deliver()                                                    # NEW: nothing new to the manager
-    t0, i = clock.time(), 200
-    while not p.is_terminal and i < len(events):
-        e = events[i]; i += 1
-        await clock.advance_to(max(clock.time(), event_time(e) / 1000)); paper.on_market(e); manager.on_market(e)
-        if to_send: await deliver()
-    (order,) = await paper.fetch_orders()
+    async def replay_until_done(self, p, i:int=200):
+        while not p.is_terminal and i < len(self.events):
+            e = self.events[i]; i += 1
+            await self.clock.advance_to(max(self.clock.time(), event_time(e) / 1000)); self.paper.on_market(e); self.manager.on_market(e)
+            if self.pending: await self.deliver()
+
+async def test_fills_pushed_over_the_user_stream_complete_the_order_with_the_venues_trades(venue, events):
+    server, clock, ws = venue
+    ws.subscribe(pointed(server), SYM, channels=['orders'])              # with keys: my_trades too (the engine ignores those)
+    await server.wait_subscribed({USER_DATA})
+    assert server.logins == [True] and ws.flowing('binance', 'orders')
+    desk = Desk(server, clock, ws, events)
+    p = await desk.bid_under_the_touch()
+    await desk.deliver()                                               # NEW: nothing new to the manager
+    t0 = clock.time()
+    await desk.replay_until_done(p)
+    (order,) = await desk.paper.fetch_orders()
     trades = order['trades']
     assert p.status == 'completed' and order['status'] == 'closed'
     assert p.end_time == order['lastUpdateTimestamp']                  # at the venue's fill, not at a later tick or poll
-    assert manager.clients['binance'].requests['fetch_order'] <= (clock.time() - t0) / 30 + 1
+    assert desk.fetches <= (clock.time() - t0) / 30 + 1
     child = p.children[0]
     assert child.status is OrderStatus.FILLED
     # the child's fills are the venue's trades, as Binance reports them (ids without the paper's prefix, 8 decimals)
@@ -87,7 +103,28 @@ async def test_fills_pushed_over_the_user_stream_complete_the_order_with_the_ven
         assert (f.price, f.amount, f.fee, f.timestamp) == (pytest.approx(t['price'], abs=1e-8), pytest.approx(t['amount'], abs=1e-8),
                                                         pytest.approx(t['fee']['cost'], abs=1e-8), t['timestamp'])
     assert {f.fee_currency for f in child.fills} == {'USDT'} and {f.liquidity for f in child.fills} == {'maker'}
-    assert applied[0] is True and len(applied) == 1 + len(trades)       # NEW, then one executionReport per trade
+    assert desk.applied == [True] * (1 + len(trades))                  # NEW, then one executionReport per trade
+
+async def test_after_the_user_stream_reconnects_the_working_child_is_fetched_once_and_fills_arrive_again(venue, events):
+    server, clock, ws = venue
+    st = ws.subscribe(pointed(server), SYM, channels=['orders'], private=False)[0]
+    await server.wait_subscribed({USER_DATA})
+    desk = Desk(server, clock, ws, events)
+    p = await desk.bid_under_the_touch()
+    await desk.deliver()
+    await server.disconnect_all()                                      # the venue drops the connection
+    await until(lambda: st.reconnects == 1 and st.up_since is None, what='the stream to see the drop')
+    assert not desk.manager.streams_orders('binance')
+    dropped_at = clock.time()
+    await clock.advance_to(dropped_at + 1.0)                          # the backoff (at most 0.5 s) ends on the clock: a new watch
+    await server.wait_subscribed({USER_DATA})
+    assert server.logins == [True, True] and dropped_at < st.up_since <= dropped_at + 0.5
+    await clock.advance_to(clock.time() + 1.0); await clock.settle()
+    assert desk.fetches == 1                                           # what was pushed during the break is lost: fetched once
+    await desk.replay_until_done(p)
+    (order,) = await desk.paper.fetch_orders()
+    assert p.status == 'completed' and p.end_time == order['lastUpdateTimestamp']
+    assert [f.trade_id for f in p.children[0].fills] == [t['id'].lstrip('T') for t in order['trades']]
 
 async def test_a_refused_login_stops_the_stream_and_the_manager_polls(venue, events):
     server, clock, ws = venue
