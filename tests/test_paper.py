@@ -141,15 +141,17 @@ async def test_resting_limit_fills_only_when_tape_trades_through(tape, side, pri
     assert o['info']['queueAhead'] == float(queue)
     expected = _expected_tape_fills(trades, side, price, amount, queue)
     assert expected, 'the tape should reach this price'
-    seen = []
-    ex.subscribe(lambda kind, x: seen.append((x['timestamp'], x['amount'])) if kind == 'trade' else None)
+    seen, left = [], []
+    ex.subscribe(lambda kind, x: seen.append((x['timestamp'], x['amount'])) if kind == 'trade' else left.append(x['remaining']))
     for t in trades:
         await ex.clock.advance_to(max(ex.clock.time(), t['T'] / 1000))
         ex.on_market(_tick(t))
         if (await ex.fetch_order(o['id']))['status'] == 'closed': break
-    assert [(ts, pytest.approx(float(a), rel=1e-12)) for ts, a in expected] == seen
+    # exactly the decimals a venue reports: fills, filled and remaining on the 0.00001 lot grid, no float residue
+    assert seen == [(ts, float(a)) for ts, a in expected]
+    assert left == [float(D(amount) - sum(a for _, a in expected[:k + 1])) for k in range(len(expected))]
     final = await ex.fetch_order(o['id'])
-    assert final['filled'] == pytest.approx(float(sum(a for _, a in expected)))
+    assert final['filled'] == float(sum(a for _, a in expected))
     assert final['status'] == ('closed' if sum(a for _, a in expected) == D(amount) else 'open')
     assert all(t['price'] == float(price) and t['takerOrMaker'] == 'maker' for t in final['trades'])
     assert final['fee']['cost'] == pytest.approx(float(D(price) * D(str(final['filled'])) * TAKER), rel=1e-9)

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['log', 'PaperOrder', 'PaperExchange']
 
-# %% ../nbs/05_paper.ipynb #a9c50afd
+# %% ../nbs/05_paper.ipynb #2c710923
 _last_iso, _YEAR_10000 = [None, None], 253_402_300_800_000
 
 def _iso_ms(ms:int) -> str:
@@ -68,11 +68,13 @@ class PaperOrder:
     last_trade_timestamp: int|None = None
     last_update_timestamp: int|None = None
     trades: list[dict] = field(default_factory=list)
+    amount_decimals: int|None = None   # the market's amount step is 10**-amount_decimals: filled and remaining stay on that grid
 
     @property
     def remaining(self) -> float:
         r = self.amount - self.filled
-        return 0.0 if r <= 1e-9 * self.amount else r
+        if r <= 1e-9 * self.amount: return 0.0
+        return r if self.amount_decimals is None else round(r, self.amount_decimals)   # 0.05 - 0.01032 is 0.03968, as a venue says, not 0.03968000000000001
 
     @property
     def hold(self) -> tuple[str, float]:
@@ -494,7 +496,7 @@ def _marketable(self:PaperExchange, o:PaperOrder) -> tuple[float|None, Iterable[
     first = next(lv, None)
     return (None, ()) if first is None else (first[0], itertools.chain([first], lv))
 
-# %% ../nbs/05_paper.ipynb #13d70efc
+# %% ../nbs/05_paper.ipynb #17465e2a
 @patch
 def _arrive(self:PaperExchange, a:dict) -> PaperOrder:
     if a['cid'] is not None: self._check_client_id(a['cid'])
@@ -503,7 +505,8 @@ def _arrive(self:PaperExchange, a:dict) -> PaperOrder:
     o = PaperOrder(oid, a['cid'] or f"paper-{oid}", a['symbol'], a['type'], a['side'], a['amount'], a['price'],
                    a['tif'], m['base'], m['quote'], timestamp=now, last_update_timestamp=now,
                    hold_rate=max(self.fee_rate(a['symbol'], 'maker'), self.fee_rate(a['symbol'], 'taker')),
-                   contract=bool(m.get('contract')), contract_size=float(m.get('contractSize') or 1), reduce_only=a['reduce_only'])
+                   contract=bool(m.get('contract')), contract_size=float(m.get('contractSize') or 1), reduce_only=a['reduce_only'],
+                   amount_decimals=_grid_decimals(self, 'amount', a['symbol']))
     best, levels = self._marketable(o)
     if o.type == 'market' and best is None:
         raise OrderNotFillable(f"{self.id}: no book, quote, trade or bar for {o.symbol} yet: a market order has nothing to fill against")
@@ -543,11 +546,12 @@ def _take(self:PaperExchange, o:PaperOrder, walk):
         if book is not None and (left := book.amount_at(book_side, price)) > 0: book.set_level(book_side, price, max(left - amount, 0.0))
         self._fill(o, price, amount, 'taker')
 
-# %% ../nbs/05_paper.ipynb #a702f768
+# %% ../nbs/05_paper.ipynb #10ab497f
 @patch
 def _fill(self:PaperExchange, o:PaperOrder, price:float, amount:float, taker_or_maker:str):
     "Record one fill of `o`: trade, fee, balances, order state, events."
     if o.reduce_only and (amount := min(amount, self._reducible(o))) <= 0: return self._finish(o, 'canceled')
+    if o.amount_decimals is not None and (amount := round(amount, o.amount_decimals)) <= 0: return   # a venue fills whole lots
     now, cost, info = self.clock.ms(), price * amount * o.contract_size, {'venue': 'paper'}
     rate = self.fee_rate(o.symbol, taker_or_maker)
     fee = cost * rate
@@ -556,7 +560,8 @@ def _fill(self:PaperExchange, o:PaperOrder, price:float, amount:float, taker_or_
         sign = 1 if o.side == 'buy' else -1
         self._total[o.base] = self._total.get(o.base, 0.0) + sign * amount
         self._total[o.quote] = self._total.get(o.quote, 0.0) - sign * cost - fee
-    o.filled += amount; o.cost += cost; o.fee += fee
+    o.filled = o.filled + amount if o.amount_decimals is None else round(o.filled + amount, o.amount_decimals)
+    o.cost += cost; o.fee += fee
     o.last_trade_timestamp = o.last_update_timestamp = now
     t = {'id': f"T{next(self._trade_ids)}", 'order': o.id, 'clientOrderId': o.client_order_id, 'timestamp': now,
          'datetime': _iso(now), 'symbol': o.symbol, 'type': o.type, 'side': o.side, 'takerOrMaker': taker_or_maker,
