@@ -267,9 +267,9 @@ def replay_risk(engine, t:np.ndarray, eq:np.ndarray, revalue:np.ndarray, check:n
         state = (equity, hwm, day, day_start, seen); path.append(equity)
     return len(eq), state, path
 
-# %% ../nbs/56_fast_forward.ipynb #fe922e39
+# %% ../nbs/56_fast_forward.ipynb #a22c3385
 def _risk_quick(engine, t, eq, revalue, check):
-    "`replay_risk`'s answer without the loop in the two common cases, else None."
+    "`replay_risk`'s answer in the two common cases (nothing revalued; every event revalued and checked, all in one day), else None."
     p, e = engine.portfolio, engine.risk.emergency
     state, n = (p._equity, p.high_water_mark, p._day, p.day_start_equity, engine._risk_equity), len(eq)
     if not revalue.any(): return (n, state, [p._equity] * n) if not check.any() or p._equity == engine._risk_equity else None

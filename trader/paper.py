@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['log', 'PaperOrder', 'PaperExchange']
 
-# %% ../nbs/05_paper.ipynb #2c710923
+# %% ../nbs/05_paper.ipynb #d4c6328f
 _last_iso, _YEAR_10000 = [None, None], 253_402_300_800_000
 
 def _iso_ms(ms:int) -> str:
@@ -70,11 +70,14 @@ class PaperOrder:
     trades: list[dict] = field(default_factory=list)
     amount_decimals: int|None = None   # the market's amount step is 10**-amount_decimals: filled and remaining stay on that grid
 
+    def on_grid(self, x:float) -> float:
+        "`x` on the market's amount grid (0.05 - 0.01032 is 0.03968, as a venue says, not 0.03968000000000001)."
+        return x if self.amount_decimals is None else round(x, self.amount_decimals)
+
     @property
     def remaining(self) -> float:
         r = self.amount - self.filled
-        if r <= 1e-9 * self.amount: return 0.0
-        return r if self.amount_decimals is None else round(r, self.amount_decimals)   # 0.05 - 0.01032 is 0.03968, as a venue says, not 0.03968000000000001
+        return 0.0 if r <= 1e-9 * self.amount else self.on_grid(r)
 
     @property
     def hold(self) -> tuple[str, float]:
@@ -546,12 +549,12 @@ def _take(self:PaperExchange, o:PaperOrder, walk):
         if book is not None and (left := book.amount_at(book_side, price)) > 0: book.set_level(book_side, price, max(left - amount, 0.0))
         self._fill(o, price, amount, 'taker')
 
-# %% ../nbs/05_paper.ipynb #10ab497f
+# %% ../nbs/05_paper.ipynb #e39e7669
 @patch
 def _fill(self:PaperExchange, o:PaperOrder, price:float, amount:float, taker_or_maker:str):
     "Record one fill of `o`: trade, fee, balances, order state, events."
     if o.reduce_only and (amount := min(amount, self._reducible(o))) <= 0: return self._finish(o, 'canceled')
-    if o.amount_decimals is not None and (amount := round(amount, o.amount_decimals)) <= 0: return   # a venue fills whole lots
+    if (amount := o.on_grid(amount)) <= 0: return   # a venue fills whole lots
     now, cost, info = self.clock.ms(), price * amount * o.contract_size, {'venue': 'paper'}
     rate = self.fee_rate(o.symbol, taker_or_maker)
     fee = cost * rate
@@ -560,8 +563,7 @@ def _fill(self:PaperExchange, o:PaperOrder, price:float, amount:float, taker_or_
         sign = 1 if o.side == 'buy' else -1
         self._total[o.base] = self._total.get(o.base, 0.0) + sign * amount
         self._total[o.quote] = self._total.get(o.quote, 0.0) - sign * cost - fee
-    o.filled = o.filled + amount if o.amount_decimals is None else round(o.filled + amount, o.amount_decimals)
-    o.cost += cost; o.fee += fee
+    o.filled = o.on_grid(o.filled + amount); o.cost += cost; o.fee += fee
     o.last_trade_timestamp = o.last_update_timestamp = now
     t = {'id': f"T{next(self._trade_ids)}", 'order': o.id, 'clientOrderId': o.client_order_id, 'timestamp': now,
          'datetime': _iso(now), 'symbol': o.symbol, 'type': o.type, 'side': o.side, 'takerOrMaker': taker_or_maker,
