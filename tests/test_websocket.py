@@ -1,7 +1,7 @@
 """WebSocketManager end to end, offline: an unmodified ccxt.pro binance client against a local replay of the
 bundled Binance capture (tests/wsreplay.py). Expectations come from the raw capture file itself (parsed and
 rebuilt here with plain dicts, following Binance's rules) or from the separately recorded 1m candles."""
-import asyncio, gzip, heapq, json, socket, sys
+import asyncio, heapq, socket, sys
 from pathlib import Path
 
 import numpy as np
@@ -10,9 +10,9 @@ import pytest
 import ccxt.pro
 
 sys.path.insert(0, str(Path(__file__).parent))
-from wsreplay import BinanceReplayServer, CAPTURE, until
+from wsreplay import BinanceReplayServer, raw_capture, until
 from trader.core import Bar, BookUpdate, Quote, Side, TradeTick
-from trader.data import load_candles, sample_path
+from trader.data import load_candles
 from trader.websocket import StreamRecovered, StreamStale, WebSocketManager
 
 pytestmark = pytest.mark.timeout(60)
@@ -20,17 +20,6 @@ SYM, DEPTH_STREAM, TRADE_STREAM, BBO_STREAM = 'BTC/USDT', 'btcusdt@depth@100ms',
 
 
 # --- the expectation side: raw file, plain dicts -------------------------------------------------------------
-def raw_capture():
-    "(snapshot, [(stream, data)]) straight from the gz files, in file order."
-    snapshot, msgs = None, []
-    for name in CAPTURE:
-        with gzip.open(sample_path('ticks', name), 'rt') as fh:
-            for line in fh:
-                d = json.loads(line.split(' ', 1)[1])
-                if 'stream' in d: msgs.append((d['stream'], d['data']))
-                else: snapshot = d
-    return snapshot, msgs
-
 SNAPSHOT, RAW = raw_capture()
 
 def rebuilt_tops(upto:int, wanted:set[int], n:int=20) -> dict[int, tuple]:

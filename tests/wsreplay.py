@@ -293,6 +293,18 @@ class BinanceReplayServer:
         return out
 
 
+def raw_capture(files:tuple[str, ...]=CAPTURE) -> tuple[dict, list[tuple[str, dict]]]:
+    "(snapshot, [(stream, data)]) straight from the gz files, in file order: the expectation side, read with json alone."
+    from trader.data import sample_path
+    snapshot, msgs = None, []
+    for name in files:
+        with gzip.open(sample_path('ticks', name), 'rt') as fh:
+            for line in fh:
+                d = json.loads(line.split(' ', 1)[1])
+                if 'stream' in d: msgs.append((d['stream'], d['data']))
+                else: snapshot = d
+    return snapshot, msgs
+
 async def until(pred, timeout:float=15.0, what:str='condition'):
     "Poll `pred` until true; fail with `what` after `timeout` seconds."
     loop = asyncio.get_running_loop(); end = loop.time() + timeout

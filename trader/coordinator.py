@@ -159,7 +159,7 @@ def _build_engine(self, mode:str, clock:Clock, paper:bool):
 
 for _f in (initialize_production_system, _initialize_live, _build_engine): setattr(ProductionCoordinator, _f.__name__, _f)
 
-# %% ../nbs/55_coordinator.ipynb #34deab8c
+# %% ../nbs/55_coordinator.ipynb #8bf14df5
 def register_strategy(self, name:str, strategy, allocation:float):
     "Register `strategy` under `name` with a fraction `allocation` of equity."
     if self.engine is not None: self.engine.register_strategy(name, strategy, allocation)
@@ -203,7 +203,7 @@ async def run_production_loop(self, mode:str|None=None, duration:float|None=None
     return self.session_summary(time.perf_counter() - t0)
 
 async def run_live(self, duration:float|None):
-    "Paper or live: market data from ccxt.pro websockets into the engine until `duration` seconds pass (None: until cancelled)."
+    "Paper or live: market data from ccxt.pro websockets into the engine until `duration` seconds pass (None: until cancelled) or the engine stops."
     from trader.websocket import WebSocketManager
     eng = self.trading_engine
     async with WebSocketManager(clock=eng.clock, on_alert=lambda a: eng.alerts.emit('warning', str(a), source='websocket')) as ws:
@@ -212,10 +212,10 @@ async def run_live(self, duration:float|None):
         pushed = [eng.orders.stream_orders(name, partial(ws.up_since, ex.id, 'orders')) for name, ex in (self._clients or {}).items()
                   if self.mode == 'live' and name in eng.orders.clients and ws.flowing(ex.id, 'orders')]   # paper venues push in process
         deadline = None if not duration else eng.clock.time() + duration
-        try:
-            while deadline is None or eng.clock.time() < deadline:
-                async for ev in ws.events(timeout=1.0): await eng.on_market_event(ev)
-                await eng.run_due()
+        try:   # one event at a time: the deadline and a stop (an emergency shutdown) hold however busy the market is
+            while eng.running and (deadline is None or (left := deadline - eng.clock.time()) > 0):
+                ev = await ws.next_event(timeout=1.0 if deadline is None else min(1.0, left))
+                if ev is not None: await eng.on_market_event(ev)   # the monitoring jobs run in the engine's own loops
         finally:
             for undo in pushed: undo()
 

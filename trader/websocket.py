@@ -379,9 +379,11 @@ def stats(self:WebSocketManager) -> dict:
             'resyncs': total('resyncs'), 'gaps': total('gaps'), 'stale_alerts': total('stale_alerts'),
             'errors': total('errors'), 'queued': self.queue.qsize()}
 
-# %% ../nbs/42_websocket.ipynb #aff2008d
+# %% ../nbs/42_websocket.ipynb #112ea4d5
 @patch
-async def _get(self:WebSocketManager, timeout:float|None):
+async def next_event(self:WebSocketManager, timeout:float|None=None) -> MarketEvent|OrderUpdate|Fill|None:
+    "The next event; None when `timeout` clock seconds pass without one (None: wait as long as it takes)."
+    if not self.queue.empty(): return self.queue.get_nowait()
     if timeout is None: return await self.queue.get()
     get, nap = asyncio.ensure_future(self.queue.get()), asyncio.ensure_future(self.clock.sleep(timeout))
     try: await asyncio.wait({get, nap}, return_when=asyncio.FIRST_COMPLETED)
@@ -395,7 +397,7 @@ async def events(self:WebSocketManager, limit:int|None=None, timeout:float|None=
     "Market events in arrival order; ends after `limit` events or `timeout` clock seconds without one."
     n = 0
     while limit is None or n < limit:
-        ev = await self._get(timeout)
+        ev = await self.next_event(timeout)
         if ev is None: return
         n += 1; yield ev
 
