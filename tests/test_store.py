@@ -69,6 +69,25 @@ def test_wal_mode_and_a_reader_sees_durable_events_while_the_writer_is_open(tmp_
     assert [x.seq for x in j.load()] == [1, 2, 3]
     reader.close(); j.close()
 
+def test_a_flush_is_one_transaction_and_a_failed_one_loses_and_repeats_nothing(tmp_path):
+    path = tmp_path / 'j.sqlite'
+    j = Journal(path, group_commit=True)
+    statements = []; j.db.set_trace_callback(statements.append)
+    for ts in (1, 2, 3): j.append('equity', {'equity': float(ts)}, ts=ts)
+    j.flush()
+    assert [s.split()[0] for s in statements] == ['BEGIN', 'INSERT', 'INSERT', 'INSERT', 'COMMIT']   # not a transaction a row
+    j.db.set_trace_callback(None)
+    # the disk refuses the third row of the next batch: the batch is rolled back whole and stays pending
+    j.db.execute("CREATE TEMP TRIGGER refuse BEFORE INSERT ON events WHEN NEW.ts = 6 BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+    for ts in (4, 5, 6): j.append('equity', {'equity': float(ts)}, ts=ts)
+    with pytest.raises(sqlite3.IntegrityError, match='disk full'): j.flush()
+    reader = sqlite3.connect(path)
+    assert [t for t, in reader.execute('SELECT ts FROM events ORDER BY seq')] == [1, 2, 3]
+    j.db.execute('DROP TRIGGER refuse')
+    j.flush()                                   # the same rows again, each once
+    assert [t for t, in reader.execute('SELECT ts FROM events ORDER BY seq')] == [1, 2, 3, 4, 5, 6]
+    reader.close(); j.close()
+
 # ------------------------------------------------------------------ rebuilding from an engine's journal
 class Manual:
     symbols, exchange = [], 'binance'

@@ -88,6 +88,10 @@ def _limit(market:dict, group:str, bound:str) -> float|None:
     v = ((market.get('limits') or {}).get(group) or {}).get(bound)
     return None if v is None else float(v)
 
+def _bounds(market:dict) -> dict[str, tuple[float|None, float|None]]:
+    "The market's (min, max) amount, price and cost limits as floats."
+    return {g: (_limit(market, g, 'min'), _limit(market, g, 'max')) for g in ('amount', 'price', 'cost')}
+
 def _positive(symbol:str, name:str, x) -> float:
     if isinstance(x, bool) or not isinstance(x, (int, float, str)): raise ccxt.InvalidOrder(f"{symbol}: {name} must be a number, got {x!r}")
     try: v = float(x)
@@ -95,8 +99,8 @@ def _positive(symbol:str, name:str, x) -> float:
     if not math.isfinite(v) or v <= 0: raise ccxt.InvalidOrder(f"{symbol}: {name} must be positive and finite, got {x!r}")
     return v
 
-def _check_range(symbol:str, market:dict, group:str, what:str, value:float, raw=None):
-    lo, hi = _limit(market, group, 'min'), _limit(market, group, 'max')
+def _check_range(symbol:str, bounds:dict, group:str, what:str, value:float, raw=None):
+    lo, hi = bounds[group]
     if lo is not None and value < lo: raise ccxt.InvalidOrder(f"{symbol}: {_shown(what, value, raw)} is below limits.{group}.min {lo:.12g}")
     if hi is not None and value > hi: raise ccxt.InvalidOrder(f"{symbol}: {_shown(what, value, raw)} is above limits.{group}.max {hi:.12g}")
 
@@ -142,6 +146,7 @@ class ExchangeClient:
         self.log = logger or logging.getLogger('trader.exchange')
         self.requests, self.errors = Counter(), Counter()
         self.retries = self.reconciliations = self.recovered_orders = 0
+        self._bounds: dict[str, tuple[dict, dict]] = {}   # symbol -> (market, its limits): see `check_order`
         self._redactor = RedactSecrets(str(getattr(exchange, k, None) or '') for k in ('apiKey', 'secret', 'password', 'uid', 'privateKey'))
 
     @property
@@ -209,7 +214,7 @@ def price_to_precision(self:ExchangeClient, symbol:str, price) -> str:
 @patch
 def check_order(self:ExchangeClient, symbol:str, side:str, amount, price=None) -> tuple[float, float|None]:
     "`(amount, price)` rounded to the venue's precision as floats; `InvalidOrder` naming the limit broken."
-    market = self.market(symbol)
+    market, bounds = self._market_bounds(symbol)
     if side not in ('buy', 'sell'): raise ccxt.InvalidOrder(f"{symbol}: side must be 'buy' or 'sell', got {side!r}")
     raw_amount = _positive(symbol, 'amount', amount)
     try: rounded = float(self.amount_to_precision(symbol, raw_amount))
@@ -217,16 +222,24 @@ def check_order(self:ExchangeClient, symbol:str, side:str, amount, price=None) -
     if rounded <= 0:
         step = (market.get('precision') or {}).get('amount')
         raise ccxt.InvalidOrder(f"{symbol}: amount {raw_amount:.12g} rounds to 0 at precision.amount {step}")
-    _check_range(symbol, market, 'amount', 'amount', rounded, raw_amount)
+    _check_range(symbol, bounds, 'amount', 'amount', rounded, raw_amount)
     if price is None: return rounded, None
     raw_price = _positive(symbol, 'price', price)
     try: rounded_price = float(self.price_to_precision(symbol, raw_price))
     except ccxt.InvalidOrder: rounded_price = 0.0
     if rounded_price <= 0:
         raise ccxt.InvalidOrder(f"{symbol}: price {raw_price:.12g} rounds to 0 at precision.price {(market.get('precision') or {}).get('price')}")
-    _check_range(symbol, market, 'price', 'price', rounded_price, raw_price)
-    _check_range(symbol, market, 'cost', 'notional', order_cost(market, rounded, rounded_price))
+    _check_range(symbol, bounds, 'price', 'price', rounded_price, raw_price)
+    _check_range(symbol, bounds, 'cost', 'notional', order_cost(market, rounded, rounded_price))
     return rounded, rounded_price
+
+@patch
+def _market_bounds(self:ExchangeClient, symbol:str) -> tuple[dict, dict]:
+    "The market of `symbol` and its limits, read once per market structure (a reload of the markets brings new ones)."
+    market = self.market(symbol)
+    hit = self._bounds.get(symbol)
+    if hit is None or hit[0] is not market: hit = self._bounds[symbol] = (market, _bounds(market))
+    return hit
 
 # %% ../nbs/04_exchange.ipynb #9e8d5da9
 @patch

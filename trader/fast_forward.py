@@ -39,7 +39,7 @@ class BarTape:
         self.events, n = events, len(events)
         self.symbols = sorted({e.symbol for e in events}); self.code = {s: k for k, s in enumerate(self.symbols)}
         self.venues = sorted({e.venue for e in events}); vcode = {v: k for k, v in enumerate(self.venues)}
-        self.is_bar = np.fromiter((isinstance(e, Bar) for e in events), bool, n)
+        self.is_bar = np.ones(n, bool) if set(map(type, events)) == {Bar} else np.fromiter((isinstance(e, Bar) for e in events), bool, n)
         ts, tf, self.open, self.high, self.low, self.close, self.volume = map(_read_only, _columns(events, self.is_bar))
         self.time = (ts + tf).astype(np.int64)          # a bar's close time; another event's timestamp
         self.sym = _codes(events, 'symbol', self.code)
@@ -276,10 +276,12 @@ def _risk_quick(engine, t, eq, revalue, check):
     if not (revalue.all() and check.all() and p.high_water_mark and p.day_start_equity): return None
     if int(t[0] // 86_400) != p._day or int(t[-1] // 86_400) != p._day: return None
     path, hwm = eq.tolist(), float(p.high_water_mark)   # a plain loop: a stretch is tens of events, where numpy's calls cost more
-    floor, keep = p.day_start_equity * (1 - e.max_daily_loss), 1 - e.max_drawdown
+    keep, margin = 1 - e.max_drawdown, 1 + 1e-9
+    floor = p.day_start_equity * (1 - e.max_daily_loss) * margin   # check_risk's max(day floor, drawdown floor) * margin, one side at a time
+    drawdown_floor = hwm * keep * margin
     for x in path:
-        if x > hwm: hwm = x
-        if not (x > 0 and x > max(floor, hwm * keep) * (1 + 1e-9)): return None
+        if x > hwm: hwm = x; drawdown_floor = hwm * keep * margin
+        if not (x > 0 and x > floor and x > drawdown_floor): return None
     return n, (path[-1], hwm, p._day, p.day_start_equity, path[-1]), path
 
 # %% ../nbs/56_fast_forward.ipynb #58dc13d9

@@ -293,6 +293,7 @@ class ClosedTrade:
     fees: float = 0.0       # already in pnl; kept for reports
 
 def _ms(ts) -> int:
+    if type(ts) is int: return ts
     if isinstance(ts, pd.Timestamp): return int(ts.value // 10**6)  # .value is nanoseconds whatever the unit
     if isinstance(ts, (int, np.integer)) and not isinstance(ts, bool): return int(ts)
     raise PerformanceError(f"ts: must be an int of milliseconds or a pandas Timestamp (got {ts!r})")

@@ -104,7 +104,9 @@ class Journal:
     def flush(self) -> None:
         "Commit the buffered events in one transaction."
         if not self._pending: return
-        with self.db: self.db.executemany('INSERT INTO events (ts, kind, key, payload) VALUES (?, ?, ?, ?)', self._pending)
+        with self.db:   # commits, or rolls back on an error; in autocommit mode (isolation_level=None) only after an explicit BEGIN
+            self.db.execute('BEGIN')
+            self.db.executemany('INSERT INTO events (ts, kind, key, payload) VALUES (?, ?, ?, ?)', self._pending)
         self._pending.clear()
 
     def load(self, kind:str|Iterable[str]|None=None) -> list[JournalEntry]:
