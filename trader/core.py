@@ -113,6 +113,10 @@ def _price(field:str, value:Any, optional:bool=False) -> float|None:
     if x <= 0: raise SignalError(field, 'must be positive', value)
     return x
 
+def _member(cls, value):
+    "`value` as a member of the enum `cls` (a member passes at no cost; `cls(value)` raises ValueError otherwise)."
+    return value if type(value) is cls else cls(value)
+
 def _enum(cls, field:str, value:Any):
     if type(value) is cls: return value
     try: return cls(value)
@@ -296,7 +300,7 @@ class Order:
     fills: list[Fill] = field(default_factory=list)
 
     def __post_init__(self):
-        self.side, self.type, self.time_in_force = Side(self.side), OrderType(self.type), TimeInForce(self.time_in_force)
+        self.side, self.type, self.time_in_force = _member(Side, self.side), OrderType(self.type), TimeInForce(self.time_in_force)
         if not (self.amount > 0 and math.isfinite(self.amount)): raise ValueError(f"order {self.client_order_id}: amount must be positive, got {self.amount!r}")
         if self.type is OrderType.LIMIT and not (self.price and self.price > 0): raise ValueError(f"order {self.client_order_id}: a limit order needs a positive price, got {self.price!r}")
         self._trade_ids = {f.trade_id for f in self.fills}
@@ -397,7 +401,7 @@ class Position:
     exit_reason: str|None = None
     fills: list[Fill] = field(default_factory=list)
 
-    def __post_init__(self): self.side = Side(self.side)
+    def __post_init__(self): self.side = _member(Side, self.side)
 
     @property
     def is_open(self) -> bool: return self.amount > 0 or not self.fills

@@ -31,7 +31,12 @@ _BAR = attrgetter(*_FIELDS)
 def _read_only(a:np.ndarray) -> np.ndarray:
     a.flags.writeable = False; return a
 
-_TRUE, _RANGE = _read_only(np.ones(WINDOW, bool)), _read_only(np.arange(WINDOW))   # shared answers for a stretch (at most WINDOW events)
+_TRUE, _FALSE, _RANGE = _read_only(np.ones(WINDOW, bool)), _read_only(np.zeros(WINDOW, bool)), _read_only(np.arange(WINDOW))   # shared answers for a stretch (at most WINDOW events)
+
+# A stretch is tens of events: there numpy's `any`, `all`, `flatnonzero` and `searchsorted` functions cost a microsecond
+# of dispatch each, several times the work. The stretch code calls the array methods and `count_nonzero` instead.
+def _any(mask:np.ndarray) -> bool: return np.count_nonzero(mask) > 0
+def _all(mask:np.ndarray) -> bool: return np.count_nonzero(mask) == len(mask)
 
 class BarTape:
     "A replay's events as numpy columns: time (ms and seconds), symbol and venue codes, bar prices (NaN for other events)."
@@ -60,7 +65,7 @@ class BarTape:
     def mine(self, i:int, j:int, symbol:str) -> np.ndarray:
         "Positions of `symbol`'s bars in the stretch [i, j), counted from `i` (read only)."
         if self.uniform and j - i <= WINDOW: return _RANGE[:j - i] if symbol == self.symbols[0] else _RANGE[:0]
-        return np.flatnonzero(self.is_bar[i:j] & (self.sym[i:j] == self.code.get(symbol, -1)))
+        return (self.is_bar[i:j] & (self.sym[i:j] == self.code.get(symbol, -1))).nonzero()[0]
 
     def prices(self, rows:np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         "High, low and close at `rows` (ascending): views when the rows are contiguous (read only), copies otherwise."
@@ -91,7 +96,7 @@ def _codes(events:Sequence[MarketEvent], field:str, code:Mapping[str, int]) -> n
 def _columns(events:Sequence[MarketEvent], is_bar:np.ndarray) -> list[np.ndarray]:
     "The `_FIELDS` columns: a bar's own, (timestamp, 0, NaN...) for other events."
     n = len(events)
-    if is_bar.all(): return [np.fromiter(map(attrgetter(k), events), float, n) for k in _FIELDS]
+    if _all(is_bar): return [np.fromiter(map(attrgetter(k), events), float, n) for k in _FIELDS]
     other = (0.0,) + (math.nan,) * 5
     a = np.array([_BAR(e) if b else (e.timestamp, *other) for e, b in zip(events, is_bar.tolist())], dtype=float).reshape(n, 7)
     return [np.ascontiguousarray(a[:, k]) for k in range(7)]
@@ -121,17 +126,18 @@ def job_runs(due:Mapping[str, float], intervals:Mapping[str, float], t:np.ndarra
              gap:float|None=None) -> dict[str, np.ndarray]: # no more than the smallest gap between events of `t` (default: computed)
     "At which events of `t` (clock seconds) each job runs."
     if gap is None: gap = float(np.diff(t).min()) if len(t) > 1 else math.inf
-    return {job: _due_mask(due.get(job, -math.inf), every, t, gap) for job, every in intervals.items()}
-
-def _due_mask(due:float, every:float, t:np.ndarray, gap:float) -> np.ndarray:
     first, last = float(t[0]), float(t[-1])
-    if first >= due and every + 1e-3 < gap: return _TRUE[:len(t)] if len(t) <= WINDOW else np.ones(len(t), bool)   # due at every event (1 ms clear of rounding)
-    mask = np.zeros(len(t), bool)
-    if due > last: return mask
-    k = int(np.searchsorted(t, due, 'left'))         # the first run; then one by one
+    return {job: _due_mask(due.get(job, -math.inf), every, t, gap, first, last) for job, every in intervals.items()}
+
+def _due_mask(due:float, every:float, t:np.ndarray, gap:float, first:float, last:float) -> np.ndarray:
+    n = len(t)
+    if first >= due and every + 1e-3 < gap: return _TRUE[:n] if n <= WINDOW else np.ones(n, bool)   # due at every event (1 ms clear of rounding)
+    if due > last: return _FALSE[:n] if n <= WINDOW else np.zeros(n, bool)                          # not due in the stretch
+    mask = np.zeros(n, bool)
+    k = int(t.searchsorted(due, 'left'))         # the first run; then one by one
     while k < len(t):
         mask[k] = True
-        k += int(np.searchsorted(t[k:], t[k] + every, 'left'))
+        k += int(t[k:].searchsorted(t[k] + every, 'left'))
     return mask
 
 # %% ../nbs/56_fast_forward.ipynb #cb3b5cbe
@@ -141,10 +147,10 @@ def exit_stop(book, hi:np.ndarray, lo:np.ndarray, cl:np.ndarray, mark:float|None
     stop = len(t_ms)
     for row in book.rows:
         if row[P] or row[A] == row[A]: return 0
-        if row[L] != math.inf and len(timed := np.flatnonzero(t_ms - row[O] >= row[L])): stop = min(stop, int(timed[0]))
+        if row[L] != math.inf and len(timed := (t_ms - row[O] >= row[L]).nonzero()[0]): stop = min(stop, int(timed[0]))
         hit, at_start = _price_hits(row, hi, lo, cl, mark)
         if at_start: return 0
-        if hit.any(): stop = min(stop, int(mine[hit.argmax()]))
+        if _any(hit): stop = min(stop, int(mine[hit.argmax()]))
     return stop
 
 def _price_hits(row:list, hi, lo, cl, mark) -> tuple[np.ndarray, bool]:
@@ -219,8 +225,8 @@ def _balances_known(engine) -> bool:
 def _before_time(tape:BarTape, i:int, deadline:float|None, end:float|None) -> int:
     "The first event from `i` at or after the next timer, or after `end`."
     j = len(tape)
-    if deadline is not None: j = min(j, i + int(np.searchsorted(tape.seconds[i:i + WINDOW], deadline, 'left')))
-    if end is not None: j = min(j, i + int(np.searchsorted(tape.seconds[i:i + WINDOW], end, 'right')))
+    if deadline is not None: j = min(j, i + int(tape.seconds[i:i + WINDOW].searchsorted(deadline, 'left')))
+    if end is not None: j = min(j, i + int(tape.seconds[i:i + WINDOW].searchsorted(end, 'right')))
     return j
 
 # %% ../nbs/56_fast_forward.ipynb #c55ba9a3
@@ -272,8 +278,8 @@ def _risk_quick(engine, t, eq, revalue, check):
     "`replay_risk`'s answer in the two common cases (nothing revalued; every event revalued and checked, all in one day), else None."
     p, e = engine.portfolio, engine.risk.emergency
     state, n = (p._equity, p.high_water_mark, p._day, p.day_start_equity, engine._risk_equity), len(eq)
-    if not revalue.any(): return (n, state, [p._equity] * n) if not check.any() or p._equity == engine._risk_equity else None
-    if not (revalue.all() and check.all() and p.high_water_mark and p.day_start_equity): return None
+    if not _any(revalue): return (n, state, [p._equity] * n) if not _any(check) or p._equity == engine._risk_equity else None
+    if not (_all(revalue) and _all(check) and p.high_water_mark and p.day_start_equity): return None
     if int(t[0] // 86_400) != p._day or int(t[-1] // 86_400) != p._day: return None
     path, hwm = eq.tolist(), float(p.high_water_mark)   # a plain loop: a stretch is tens of events, where numpy's calls cost more
     keep, margin = 1 - e.max_drawdown, 1 + 1e-9
@@ -288,19 +294,19 @@ def _risk_quick(engine, t, eq, revalue, check):
 def _apply(engine, tape:BarTape, i:int, j:int, runs:Mapping[str, np.ndarray], state:tuple, equity:list[float]):
     engine.counts['events'] += j - i
     _apply_checks(engine, tape, i, j, runs['positions'][:j - i])
-    snaps = np.flatnonzero(runs['performance'][:j - i]).tolist()
+    snaps = runs['performance'][:j - i].nonzero()[0].tolist()
     marks = _position_marks(engine, tape, i, j) if snaps and engine.performance is not None else {}   # before the bars move them
     syms = tape.sym[i:j]
     if len(tape.symbols) == 1: _apply_bars(engine, tape, tape.symbols[0], np.arange(i, j))
     else:
-        for code in np.unique(syms).tolist(): _apply_bars(engine, tape, tape.symbols[code], i + np.flatnonzero(syms == code))
+        for code in np.unique(syms).tolist(): _apply_bars(engine, tape, tape.symbols[code], i + (syms == code).nonzero()[0])
     for job, mask in runs.items():
-        last = j - i - 1 if mask[j - i - 1] else (ran[-1] if len(ran := np.flatnonzero(mask[:j - i])) else None)
+        last = j - i - 1 if mask[j - i - 1] else (ran[-1] if len(ran := mask[:j - i].nonzero()[0]) else None)
         if last is not None: engine._due[job] = float(tape.seconds[i + last]) + engine._jobs[job]
     engine._next_due = min(engine._due.values())
     p = engine.portfolio
     p._equity, p.high_water_mark, p._day, p.day_start_equity, engine._risk_equity = state
-    if runs['pnl'][:j - i].any(): engine._valued = True   # the pnl job valued the holdings of the stretch
+    if _any(runs['pnl'][:j - i]): engine._valued = True   # the pnl job valued the holdings of the stretch
     for k in snaps: engine.record_equity_point(int(tape.time[i + k]), equity[k], {s: m[k] for s, m in marks.items() if m[k] == m[k]})
 
 def _position_marks(engine, tape:BarTape, i:int, j:int) -> dict[str, list[float]]:
@@ -314,7 +320,7 @@ def _apply_checks(engine, tape:BarTape, i:int, j:int, checks:np.ndarray):
         if not book or symbol not in engine.marks: continue
         mine = tape.mine(i, j, symbol)
         first = int(mine[0]) if len(mine) else j - i
-        if (checks[:first] & (tape.time[i:i + first] != engine._checked.get(symbol))).any():
+        if _any(checks[:first] & (tape.time[i:i + first] != engine._checked.get(symbol))):
             _widen(book, engine.marks[symbol], engine.marks[symbol])
 
 def _widen(book, high:float, low:float):
@@ -352,7 +358,7 @@ def _apply_venue(engine, tape:BarTape, name:str, venue, symbol:str, rows:np.ndar
     lo, hi = int(rows[0]), int(rows[-1]) + 1
     evs = tape.events[lo:hi] if hi - lo == len(rows) else [tape.events[r] for r in rows.tolist()]
     venue.last_bar[symbol] = evs[-1]
-    venue._bars.setdefault(symbol, deque(maxlen=10_000)).extend(evs)
+    venue.bar_history(symbol).extend(evs)
     om = engine.orders
     for n in ([name] if name in om.clients else om.clients):
         view = om.view(n, symbol)

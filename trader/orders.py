@@ -13,7 +13,7 @@ import ccxt
 import numpy as np
 from .core import (TraderError, Signal, Side, OrderType, TimeInForce, OrderStatus, Urgency, ExecutionAlgo, Order, Fill,
                          OrderEvent, OrderAccepted, OrderRejected, OrderFilled, OrderCanceled, OrderExpired, OrderCancelRequested,
-                         ClientOrderIds, Bar, TradeTick, BookUpdate, Quote, MarketEvent, split_symbol)
+                         ClientOrderIds, Bar, TradeTick, BookUpdate, Quote, MarketEvent, split_symbol, _member)
 from .clock import Clock, start_now
 from .config import ExecutionConfig, AlgorithmConfig
 from .book import OrderBook, walk_book
@@ -85,7 +85,7 @@ class ParentOrder:
     done: asyncio.Future|None = field(default=None, repr=False)
 
     def __post_init__(self):
-        self.side = Side(self.side)
+        self.side = _member(Side, self.side)
         self._live, self._ended = list(self.children), [0.0, 0.0]   # working children; filled and cost of the ended ones
 
     def add_child(self, child:Order) -> None:

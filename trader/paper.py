@@ -197,9 +197,9 @@ def _rounded(ex:PaperExchange, how:str, symbol:str, x) -> str:
     key = (how, symbol, x)
     if type(x) is not float or x == 0: key = None   # only floats, whose equality is identity here (not 0.0 == -0.0, 1 == 1.0)
     elif (hit := ex._rounding.get(key)) is not None: return hit
-    elif (text := _on_grid(x, _grid_decimals(ex, how, symbol))) is not None: return text
-    ex.market(symbol)
-    out = getattr(ex._precision, f"{how}_to_precision")(symbol, x)
+    if key is None or (out := _on_grid(x, _grid_decimals(ex, how, symbol))) is None:
+        ex.market(symbol)
+        out = getattr(ex._precision, f"{how}_to_precision")(symbol, x)
     if key is not None:
         if len(ex._rounding) >= 100_000: ex._rounding.clear()
         ex._rounding[key] = out
@@ -314,11 +314,19 @@ def _totals(ex:PaperExchange, used:dict, upnl:dict) -> dict[str, float]:
 
 # %% ../nbs/05_paper.ipynb #f7b136d6
 @patch
+def bar_history(self:PaperExchange, symbol:str) -> deque:
+    "The venue's last 10,000 bars of `symbol`, oldest first (the deque it keeps, created on first use)."
+    bars = self._bars.get(symbol)
+    if bars is None: bars = self._bars[symbol] = deque(maxlen=10_000)
+    return bars
+
+@patch
 def on_market(self:PaperExchange, event:Bar|TradeTick|BookUpdate|Quote) -> None:
     "Take one market event: update the book / last trade / quote / bar and match resting orders."
     s = event.symbol
     if isinstance(event, BookUpdate):
-        book = self.books.setdefault(s, OrderBook(s))
+        book = self.books.get(s)
+        if book is None: book = self.books[s] = OrderBook(s)
         if book.apply(event): self._shrink_queues(s, book)
     elif isinstance(event, TradeTick):
         self.last_trade[s] = event
@@ -326,7 +334,7 @@ def on_market(self:PaperExchange, event:Bar|TradeTick|BookUpdate|Quote) -> None:
     elif isinstance(event, Quote): self.last_quote[s] = event
     elif isinstance(event, Bar):
         self.last_bar[s] = event
-        self._bars.setdefault(s, deque(maxlen=10_000)).append(event)
+        self.bar_history(s).append(event)
         if self._open and s not in self.last_trade:
             self._match_through(s, event.low, event.volume, strict=True, side='buy')
             self._match_through(s, event.high, event.volume, strict=True, side='sell')
