@@ -348,7 +348,8 @@ def _record(self, ev):
     px = ev.close if isinstance(ev, Bar) else ev.price if isinstance(ev, TradeTick) else ev.mid if isinstance(ev, Quote) else None
     if px is not None:
         ts = ev.close_time if isinstance(ev, Bar) else event_time(ev)
-        self.prices.setdefault(ev.symbol, deque(maxlen=self.history)).append((ts, float(px), ev))
+        if (prices := self.prices.get(ev.symbol)) is None: prices = self.prices[ev.symbol] = deque(maxlen=self.history)
+        prices.append((ts, float(px), ev))
 
 async def _on_event(self, ev):
     await self.engine.on_market_event(ev)

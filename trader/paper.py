@@ -705,7 +705,7 @@ def _notify(ex:PaperExchange, cb:Callable, kind:str, id, *args):
 
 @patch
 async def _watch(self:PaperExchange, kind:str, symbol:str|None) -> list[dict]:
-    q = self._watchers.setdefault((kind, symbol), asyncio.Queue())
+    if (q := self._watchers.get((kind, symbol))) is None: q = self._watchers[(kind, symbol)] = asyncio.Queue()
     items = [await q.get()]
     while not q.empty(): items.append(q.get_nowait())
     return items

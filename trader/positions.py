@@ -307,7 +307,7 @@ def _apply_fill(self:AdvancedPositionManager, h:HeldPosition, fill:Fill, reason:
     self.realized_by_strategy[pos.strategy] = self.realized_by_strategy.get(pos.strategy, 0.0) + realized
     h.trade_ids.add(key)
     if fill.side == pos.side: h.cost_basis += fill.cost * pos.contract_size
-    book = self.books.setdefault(pos.symbol, ExitBook())
+    if (book := self.books.get(pos.symbol)) is None: book = self.books[pos.symbol] = ExitBook()
     if pos.amount == 0: self._retire(h, reason)
     elif pos.id in book.slot: book.set(pos.id, entry=pos.entry_price)
     else: self._enter_book(h)

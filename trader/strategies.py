@@ -138,7 +138,8 @@ class MeanReversionStrategy(Strategy):
         super().__init__(**kw); self.window, self.entry_z, self.exit_z, self.warmup = window, entry_z, exit_z, window
 
     def decide(self, bar, st):
-        w = st.setdefault('w', RollingWindow(self.window)); w.push(bar.close)
+        if (w := st.get('w')) is None: w = st['w'] = RollingWindow(self.window)
+        w.push(bar.close)
         if not w.full or not w.std > 0: return False, False
         z = (bar.close - w.mean) / w.std * self.side.sign
         return z < -self.entry_z, z > -self.exit_z
