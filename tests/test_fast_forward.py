@@ -32,7 +32,7 @@ async def session(fast:bool, strategies, start, end, cfg=None, clients=None, **p
     rows = [(e.seq, e.ts, e.kind, e.key, e.payload) for e in eng.journal.load()]
     p, pm = eng.portfolio, eng.positions
     state = {'equity': (p._equity, p.high_water_mark, p._day, p.day_start_equity), 'marks': dict(eng.marks), 'checked': dict(eng._checked),
-             'due': dict(eng._due), 'atr': {s: (a.value, a._prev_close, list(a._tr)) for s, a in pm.atr.items()},
+             'due': dict(eng._due), 'atr': {s: (a.value, a.seen, list(a._bars)) for s, a in pm.atr.items()},
              'books': {s: [list(r) for r in b.rows] for s, b in pm.books.items()}, 'pm_marks': dict(pm.marks),
              'views': {k: (v.last, v.volume, v.timestamp) for k, v in eng.orders.views.items()},
              'venues': {n: (dict(v.last_bar), {s: list(d) for s, d in v._bars.items()}, await v.fetch_balance()) for n, v in c.venues.items()},

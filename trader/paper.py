@@ -30,8 +30,8 @@ _last_iso, _YEAR_10000 = [None, None], 253_402_300_800_000
 
 def _iso_ms(ms:int) -> str:
     "ccxt's `iso8601` text of `ms` (0 <= ms before the year 10000), from `time.gmtime` instead of datetime arithmetic."
-    s, milli = divmod(ms, 1000); t = time.gmtime(s)
-    return f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}.{milli:03d}Z"
+    s, milli = divmod(ms, 1000)
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(s))}.{milli:03d}Z"   # the years from 1970 have four digits
 def _iso(ms) -> str|None:
     "ccxt's `iso8601`, remembering the last one (a burst of structures shares a timestamp)."
     if type(ms) is int and ms == _last_iso[0]: return _last_iso[1]

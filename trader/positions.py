@@ -63,34 +63,36 @@ class ExitPolicy:
 
 # %% ../nbs/20_positions.ipynb #30b09007
 class RollingATR:
-    "Average true range: the simple mean of the last `period` true ranges."
+    "Average true range: the simple mean of the last `period` true ranges, computed when read."
     def __init__(self, period:int=14):
-        self.period, self._tr, self._prev_close, self._value = period, deque(maxlen=period), None, math.nan
+        self.period, self._value, self.seen = period, math.nan, 0
+        self._bars = deque(maxlen=period + 1)   # the window's bars and the one before it, whose close the first range reaches to
 
     def update(self, high:float, low:float, close:float) -> float:
         "Add one bar; returns the ATR including it (NaN until `period` bars)."
         self.add(high, low, close); return self.value
 
     def add(self, high:float, low:float, close:float):
-        "Add one bar (the ATR is computed when read)."
-        self._add_all(((high, low, close),))
+        "Add one bar."
+        self._bars.append((high, low, close)); self.seen += 1; self._value = None
 
     def extend(self, high:np.ndarray, low:np.ndarray, close:np.ndarray):
-        "Add many bars at once: the same state as `update` on each in turn."
-        n = len(close); k = min(n, self.period)   # only the last `period` bars stay in the window
-        if k < n: self._prev_close = float(close[n - k - 1])
-        self._add_all(zip(high[n - k:].tolist(), low[n - k:].tolist(), close[n - k:].tolist()))
+        "Add many bars at once: the same state as `add` on each in turn."
+        n = len(close); k = min(n, self.period + 1)   # only the last bars can stay
+        if n: self._bars.extend(zip(high[n - k:].tolist(), low[n - k:].tolist(), close[n - k:].tolist())); self.seen += n; self._value = None
 
-    def _add_all(self, bars:Iterable[tuple[float, float, float]]):
-        tr, pc = self._tr, self._prev_close
+    def _true_ranges(self) -> list[float]:
+        bars = list(self._bars)
+        pc = bars.pop(0)[2] if self.seen > self.period else None   # the very first bar has no previous close
+        out = []
         for h, l, c in bars:
-            tr.append(h - l if pc is None else max(h - l, abs(h - pc), abs(l - pc))); pc = c
-        self._prev_close, self._value = pc, None
+            out.append(h - l if pc is None else max(h - l, abs(h - pc), abs(l - pc))); pc = c
+        return out
 
     @property
     def value(self) -> float:
         "The mean of the last `period` true ranges (an exact sum, so it depends on those bars alone)."
-        if self._value is None: self._value = math.fsum(self._tr) / self.period if len(self._tr) == self.period else math.nan
+        if self._value is None: self._value = math.fsum(self._true_ranges()) / self.period if self.seen >= self.period else math.nan
         return self._value
 
 # %% ../nbs/20_positions.ipynb #1af0aa5a
@@ -149,6 +151,11 @@ class ExitBook:
         self.rows: list[list] = []; self.ids: list[str] = []; self.slot: dict[str, int] = {}
 
     def __len__(self): return len(self.ids)
+
+    def trails_by_atr(self) -> bool:
+        "Whether a position trails its stop by ATRs (the others never read the ATR)."
+        A = COLUMN['trail_atr']
+        return any(row[A] == row[A] for row in self.rows)
 
     def view(self) -> dict[str, np.ndarray]:
         "The rows as one numpy array per field."
@@ -344,7 +351,7 @@ def _check(self:AdvancedPositionManager, symbol:str, price:float, ts:int, hi:flo
     self.marks[symbol] = price
     book = self.books.get(symbol)
     if not book: return []
-    atr = self.atr[symbol].value if symbol in self.atr else math.nan
+    atr = self.atr[symbol].value if symbol in self.atr and book.trails_by_atr() else math.nan   # read only where a trailing stop needs it
     hits = (_scalar_hits if len(book) <= SMALL_BOOK else _vector_hits)(book, price, ts, hi, lo, fst, start, atr)
     return [self.request_exit(book.ids[i], CODE_REASON[code], px, ts) for i, code, px in hits]
 
