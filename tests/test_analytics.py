@@ -11,6 +11,7 @@ from trader.analytics import (ExecutionAnalytics, ExecutionRecord, Implementatio
                               implementation_shortfall, estimate_market_impact, market_conditions, choose_by_rules, JOURNAL_KIND)
 from trader.book import OrderBook, walk_book
 from trader.clock import SimClock
+from trader.store import Journal
 from trader.core import BookUpdate, Fill, Side, TradeTick, ExecutionAlgo
 from trader.data import sample_path, load_candles
 from trader.execution_figures import slippage_distribution_figure, shortfall_waterfall_figure, fills_over_price_figure
@@ -23,11 +24,6 @@ def parts(IS): return (IS.delay, IS.execution, IS.opportunity, IS.fees, IS.total
 
 # ---------------------------------------------------------------- initialization
 
-class ListJournal:
-    def __init__(self, rows=()): self.rows = list(rows)
-    def append(self, kind, payload): self.rows.append((kind, json.loads(json.dumps(payload))))   # plain JSON only
-    def load(self, kind): return [p for k, p in self.rows if k == kind]
-
 def test_initialization_empty():
     ea = ExecutionAnalytics()
     assert len(ea) == 0 and ea.clock is None and ea.journal is None and ea.to_records() == []
@@ -38,11 +34,12 @@ def test_initialization_empty():
 
 def test_initialization_from_journal_and_records():
     rec = ExecutionRecord('a', SYM, 'buy', 1.0, 100.0, 0, 100.0, 10, 100.0, 20, [F('a', 'buy', 100.5, 1.0, ts=15)])
-    j = ListJournal([('other', {'x': 1}), (JOURNAL_KIND, rec.to_dict())])
+    j = Journal()                                                    # the SQLite journal, in memory
+    j.append('other', {'x': 1}); j.append(JOURNAL_KIND, rec.to_dict())
     ea = ExecutionAnalytics(clock=SimClock(1.0), journal=j)
-    assert ea.records == {'a': rec} and len(j.rows) == 2            # loading does not re-append
+    assert ea.records == {'a': rec} and len(j.load()) == 2          # loading does not re-append
     ea.record(rec.__class__(**{**rec.__dict__, 'order_id': 'b'}))
-    assert len(j.rows) == 3 and j.rows[-1][0] == JOURNAL_KIND
+    assert [e.kind for e in j.load()] == ['other', JOURNAL_KIND, JOURNAL_KIND]
     again = ExecutionAnalytics(journal=j)
     assert list(again.records) == ['a', 'b']
     assert ExecutionAnalytics.from_records(again.to_records()).records == again.records

@@ -232,6 +232,9 @@ async def test_emergency_shutdown_leaves_nothing_on_the_venues_and_the_journal_r
     assert st.open_orders == [] and st.open_positions == []
     assert sorted(o.status.value for o in st.orders.values()) == ['canceled', 'canceled', 'filled', 'filled', 'filled', 'filled']
     assert any(a['level'] == 'critical' and 'EMERGENCY' in a['message'] for a in st.alerts)
+    # a new session on the same journal: its execution analytics span the restart
+    again = await coordinator(journal_path=path)
+    assert again.trading_engine.analytics.records == eng.analytics.records and len(eng.analytics.records) == 6
 
 async def test_emergency_shutdown_during_a_working_twap_entry_leaves_nothing(tmp_path):
     "An entry still working when the emergency comes: its fills so far must be closed too, not booked after close_all."

@@ -430,7 +430,7 @@ class ExecutionAnalytics:
         self._trades: dict[str, list[tuple[int, float, float]]] = {}
         self._table: pd.DataFrame|None = None
         if journal is not None:
-            for d in journal.load(JOURNAL_KIND) or (): self._store(ExecutionRecord.from_dict(d))
+            for e in journal.load(JOURNAL_KIND): self._store(e.payload if isinstance(e.payload, ExecutionRecord) else ExecutionRecord.from_dict(e.payload))
 
     def __len__(self): return len(self.records)
     def __repr__(self): return f"ExecutionAnalytics({len(self)} orders, {sum(map(len, self._trades.values()))} trades in memory)"
@@ -457,7 +457,7 @@ class ExecutionAnalytics:
             vwap = interval_vwap(trades, r.arrival_time, r.end_time) if trades is not None else self._vwap(r.symbol, r.arrival_time, r.end_time)
             if vwap is not None: r = replace(r, market_vwap=vwap)
         self._store(r)
-        if self.journal is not None: self.journal.append(JOURNAL_KIND, r.to_dict())
+        if self.journal is not None: self.journal.append(JOURNAL_KIND, r)   # a JSON journal writes the dataclass as `to_dict` reads
         return r
 
     def on_execution_completed(self, event) -> ExecutionRecord:
