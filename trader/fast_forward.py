@@ -332,7 +332,7 @@ def _widen(book, high:float, low:float):
 
 def _apply_bars(engine, tape:BarTape, symbol:str, rows:np.ndarray):
     "`symbol`'s bars at `rows`: marks, positions, ATR, regimes, paper venues, market views."
-    last, close = int(rows[-1]), float(tape.close[rows[-1]])
+    last = int(rows[-1]); close = float(tape.close[last])
     engine.marks[symbol] = engine.positions.marks[symbol] = close
     engine._checked[symbol] = int(tape.time[last])
     h, l, c = tape.prices(rows)
@@ -355,13 +355,15 @@ def _apply_venue(engine, tape:BarTape, name:str, venue, symbol:str, rows:np.ndar
     takes = _receives(engine, tape, name)
     if not (tape.uniform and takes[0]): rows = rows[takes[tape.venue[rows]]]
     if not len(rows): return
-    lo, hi = int(rows[0]), int(rows[-1]) + 1
-    evs = tape.events[lo:hi] if hi - lo == len(rows) else [tape.events[r] for r in rows.tolist()]
+    lo, last = int(rows[0]), int(rows[-1])
+    whole = last + 1 - lo == len(rows)   # contiguous: read in place
+    evs = tape.events[lo:last + 1] if whole else [tape.events[r] for r in rows.tolist()]
     venue.last_bar[symbol] = evs[-1]
     venue.bar_history(symbol).extend(evs)
-    om = engine.orders
+    volume = (tape.volume[lo:last + 1] if whole else tape.volume[rows]).tolist()
+    close, t, om = float(tape.close[last]), int(tape.time[last]), engine.orders
     for n in ([name] if name in om.clients else om.clients):
         view = om.view(n, symbol)
-        view.last = float(tape.close[rows[-1]])
-        view.volume = reduce(add, tape.volume[rows].tolist(), view.volume)   # in order, as bar by bar (`sum` may compensate)
-        view.timestamp = max(view.timestamp, int(tape.time[rows[-1]]))
+        view.last = close
+        view.volume = reduce(add, volume, view.volume)   # in order, as bar by bar (`sum` may compensate)
+        view.timestamp = max(view.timestamp, t)

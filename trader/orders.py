@@ -111,7 +111,10 @@ class ParentOrder:
     @property
     def is_terminal(self) -> bool: return self.status in PARENT_TERMINAL
     @property
-    def fills(self) -> list[Fill]: return sorted((f for c in self.children for f in c.fills), key=lambda f: f.timestamp)
+    def fills(self) -> list[Fill]:
+        "Every child's fills in time order."
+        if len(self.children) == 1 and len(one := self.children[0].fills) < 2: return list(one)   # a market order's usual case
+        return sorted((f for c in self.children for f in c.fills), key=lambda f: f.timestamp)
     @property
     def filled(self) -> float: self._settle(); return self._ended[0] + sum(c.filled for c in self._live) if self._live else self._ended[0]
     @property
