@@ -11,6 +11,7 @@ from trader.clock import SimClock
 from trader.core import Bar, BookUpdate, Quote, Side, TradeTick
 from trader.data import load_markets, sample_path
 from trader.paper import PaperExchange
+from trader.portfolio import holdings
 
 SYM = 'BTC/USDT'
 TAKER = D('0.001')   # binance.json BTC/USDT taker and maker
@@ -365,6 +366,7 @@ async def _invariants(ex, q0, b0, terminal):
     bal, orders, trades = await ex.fetch_balance(), await ex.fetch_orders(), await ex.fetch_my_trades()
     for c in ('USDT', 'BTC', 'ETH'):
         assert ex.free(c) == bal.get(c, {'free': 0.0})['free']     # exactly what fetch_balance says (the order manager's balance check)
+    assert list(ex.holdings().items()) == list(holdings({'paper': bal})['paper'].items())   # what the engine's equity reads, with or without orders on hold
     for c in ('USDT', 'BTC'):
         assert bal[c]['free'] >= -1e-9 and bal[c]['used'] >= -1e-12
         assert bal[c]['free'] + bal[c]['used'] == pytest.approx(bal[c]['total'], abs=1e-9)

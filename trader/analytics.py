@@ -463,7 +463,7 @@ class ExecutionAnalytics:
     def on_execution_completed(self, event) -> ExecutionRecord:
         "Event-bus alias of `record`: accepts a record, its dict, or an event carrying `.record`."
         r = getattr(event, 'record', event)
-        return self.record(ExecutionRecord.from_dict(r) if isinstance(r, Mapping) else r)
+        return self.record(r if isinstance(r, ExecutionRecord) else ExecutionRecord.from_dict(r) if isinstance(r, Mapping) else r)
 
     def _store(self, r:ExecutionRecord):
         self.records[r.order_id], self._table = r, None

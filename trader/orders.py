@@ -516,7 +516,7 @@ class SmartOrderManager:
 @patch
 def _parent_from(self:SmartOrderManager, request, amount, algo, venue, params) -> ParentOrder:
     now = self.clock.ms(); self._n += 1; pid = f"P{self._n:06d}"
-    if isinstance(request, Mapping):
+    if not isinstance(request, (Signal, OrderRequest)) and isinstance(request, Mapping):
         request = Signal.from_dict(request, venues=set(self.clients) | {'paper'}) if 'entry' in request else OrderRequest(**request)
     if isinstance(request, Signal):
         s = request

@@ -306,6 +306,7 @@ def balance(self:PaperExchange) -> dict:
 @patch
 def holdings(self:PaperExchange) -> dict[str, float]:
     "Currency -> non-zero total, in `balance()`'s order: what `trader.portfolio.holdings` reads from it, without building it."
+    if not self._open and not self.derivatives.positions: return {c: t for c, t in sorted(self._total.items()) if t}   # nothing on hold, no contracts
     return {c: t for c, t in _totals(self, self._used(), self.derivatives.unrealized(self.mark_price)).items() if t}
 
 def _totals(ex:PaperExchange, used:dict, upnl:dict) -> dict[str, float]:
@@ -599,7 +600,7 @@ async def create_order(self:PaperExchange, symbol:str, type:str, side:str, amoun
                        params:dict={}) -> dict:
     "Place an order; ccxt's unified order structure as it stands after matching on arrival (its lean `report` with `params={'leanReport': True}`)."
     args = self._validate(symbol, type, side, amount, price, params or {})
-    await self._wait_latency()
+    if not self.immediate: await self._wait_latency()
     o = self._arrive(args)
     return o.report() if (params or {}).get('leanReport') else o.to_ccxt()
 
