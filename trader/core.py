@@ -146,7 +146,7 @@ class Signal:
         if not isinstance(self.symbol, str) or not self.symbol.strip(): raise SignalError('symbol', 'is required', self.symbol)
         split_symbol(self.symbol)
         fix = lambda k, v: object.__setattr__(self, k, v)
-        fix('side', _enum(Side, 'side', self.side.lower() if isinstance(self.side, str) else self.side))
+        if type(self.side) is not Side: fix('side', _enum(Side, 'side', self.side.lower() if isinstance(self.side, str) else self.side))
         fix('urgency', _enum(Urgency, 'urgency', self.urgency))
         fix('time_in_force', _enum(TimeInForce, 'time_in_force', self.time_in_force))
         fix('intent', _enum(SignalIntent, 'intent', self.intent))

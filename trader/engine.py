@@ -184,9 +184,10 @@ async def execute_signal(self, signal, allocation_size:float|None=None) -> Execu
     try: signal = self.as_signal(signal)
     except SignalError as e: return self._reject(None, [str(e)], raw=signal)
     if signal.intent is SignalIntent.EXIT: return self._exit_for_signal(signal)
-    decision = self.risk.validate(signal, self.risk_state(signal))
+    deployed = self.exposure_rows()
+    decision = self.risk.validate(signal, self.risk_state(signal, deployed))
     if not decision.approved: return self._reject(signal, decision.reasons)
-    self.portfolio.update_deployed(self.exposure_rows())
+    self.portfolio.update_deployed(deployed)
     try: size = self.portfolio.allocate(signal, decision.size, allocation_size)
     except PortfolioError as e: return self._reject(signal, decision.reasons + [f"portfolio: {e}"])
     if not size or size <= 0: return self._reject(signal, decision.reasons + [f"portfolio: no capital left for strategy {signal.strategy!r}"])
@@ -303,14 +304,15 @@ def _risk_numbers(self) -> tuple[float, float, float]:
     p = self.portfolio
     return self.equity(), p.high_water_mark, p.day_start_equity
 
-def risk_state(self, signal:Signal|None=None) -> RiskState:
+def risk_state(self, signal:Signal|None=None,
+               exposure:list|None=None) -> RiskState: # `exposure_rows()`, when the caller has them
     "What the risk manager needs to judge `signal`."
     eq, hwm, day_start = self._risk_numbers()
     venue = signal.exchange if signal is not None and signal.exchange in self.orders.clients else None
     sym = signal.symbol if signal is not None else None
     client = self._client(venue, sym) if sym else None
     mult = self.regimes.size_multiplier(sym) if self.regimes is not None and sym in self.regimes else 1.0
-    return RiskState(eq, hwm, day_start, tuple(self.exposure_rows()),
+    return RiskState(eq, hwm, day_start, tuple(self.exposure_rows() if exposure is None else exposure),
                      amount_to_precision=lambda s, a: self._round_base(s, a, venue),
                      markets=_base_markets(client, sym, self.contract_size(sym, venue)) if client is not None else None, size_multiplier=mult,
                      price=self.marks.get(sym))
