@@ -67,7 +67,8 @@ class Strategy:
         s = self.signals(candles)
         entries, exits = s['entries'].to_numpy(), s['exits'].to_numpy()
         rows = np.flatnonzero(entries | exits)
-        self._plans[symbol] = {(int(close_ms[i]), str(venue[i])): (bool(entries[i]), bool(exits[i])) for i in rows}
+        keys = zip(close_ms[rows].astype(np.int64).tolist(), venue[rows].astype(str).tolist())
+        self._plans[symbol] = dict(zip(keys, zip(entries[rows].tolist(), exits[rows].tolist())))
         return rows
 
     def reset(self): self._state.clear(); self._plans.clear()
@@ -84,9 +85,10 @@ def _unique_pairs(a:np.ndarray, b:np.ndarray) -> bool:
 def _alternate(enter:np.ndarray, leave:np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     "Keep an entry only when out of the market and an exit only when in it (what `on_bar` does)."
     entries, exits, inside = np.zeros_like(enter), np.zeros_like(leave), False
-    for i in np.flatnonzero(enter | leave):
-        if not inside and enter[i]: entries[i] = inside = True
-        elif inside and leave[i]: exits[i] = True; inside = False
+    rows = np.flatnonzero(enter | leave)
+    for i, e, l in zip(rows.tolist(), enter[rows].tolist(), leave[rows].tolist()):
+        if not inside and e: entries[i] = inside = True
+        elif inside and l: exits[i] = True; inside = False
     return entries, exits
 
 # %% ../nbs/50_strategies.ipynb #94d77c30
