@@ -437,7 +437,7 @@ class ExecutionAnalytics:
 
     def on_trade(self, trade:TradeTick) -> None:
         "Remember a market trade for interval VWAPs."
-        buf = self._trades.setdefault(trade.symbol, [])
+        if (buf := self._trades.get(trade.symbol)) is None: buf = self._trades[trade.symbol] = []
         item = (int(trade.timestamp), float(trade.price), float(trade.amount))
         if buf and item[0] < buf[-1][0]: bisect.insort(buf, item)
         else: buf.append(item)
@@ -445,7 +445,8 @@ class ExecutionAnalytics:
             del buf[:bisect.bisect_left(buf, (item[0] - self.trade_memory_ms,))]
 
     def _vwap(self, symbol:str, start:int, end:int) -> float|None:
-        buf = self._trades.get(symbol, [])
+        buf = self._trades.get(symbol)
+        if not buf: return None
         lo, hi = bisect.bisect_left(buf, (start,)), bisect.bisect_right(buf, (end, math.inf, math.inf))
         v = math.fsum(a for _, _, a in buf[lo:hi])
         return math.fsum(p * a for _, p, a in buf[lo:hi]) / v if v > 0 else None

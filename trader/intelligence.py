@@ -320,7 +320,8 @@ class PerformanceMonitor:
         ts, key = _ms(ts), TOTAL if strategy is None else strategy
         if not isinstance(equity, (int, float, np.number)) or not math.isfinite(equity) or equity <= 0:
             raise PerformanceError(f"equity: must be a positive finite number (got {equity!r})")
-        times, values = self._marks.setdefault(key, ([], []))
+        if (marks := self._marks.get(key)) is None: marks = self._marks[key] = ([], [])
+        times, values = marks
         if times and ts < times[-1]: raise PerformanceError(f"ts: {ts} is before the last {key} mark at {times[-1]}")
         if times and ts == times[-1]: values[-1] = float(equity)
         else: times.append(ts); values.append(float(equity))

@@ -98,8 +98,8 @@ class Journal:
 
     def append(self, kind:str, payload:Any, ts:int=0, key:str|None=None) -> None:
         "Add an event; order, fill, position and alert events are committed at once (unless `group_commit`), others at the next `flush`."
-        self._pending.append((int(ts), kind, key, encode(payload)))
-        if kind in self.DURABLE and not self.group_commit or len(self._pending) >= 500: self.flush()
+        self._pending.append((ts if type(ts) is int else int(ts), kind, key, encode(payload)))
+        if not self.group_commit and kind in self.DURABLE or len(self._pending) >= 500: self.flush()
 
     def flush(self) -> None:
         "Commit the buffered events in one transaction."

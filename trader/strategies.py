@@ -30,7 +30,8 @@ class Strategy:
 
     def state(self, symbol:str) -> dict:
         "Per-symbol online state (windows, whether in the market)."
-        return self._state.setdefault(symbol, {'in_market': False})
+        if (st := self._state.get(symbol)) is None: st = self._state[symbol] = {'in_market': False}
+        return st
 
     def on_bar(self, bar:Bar) -> list[Signal]:
         "Signals for a closed `bar` of one of this strategy's symbols."
