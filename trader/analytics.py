@@ -458,7 +458,7 @@ class ExecutionAnalytics:
             vwap = interval_vwap(trades, r.arrival_time, r.end_time) if trades is not None else self._vwap(r.symbol, r.arrival_time, r.end_time)
             if vwap is not None: r = replace(r, market_vwap=vwap)
         self._store(r)
-        if self.journal is not None: self.journal.append(JOURNAL_KIND, r)   # a JSON journal writes the dataclass as `to_dict` reads
+        if self.journal is not None: self.journal.append(JOURNAL_KIND, r)   # the SQLite journal encodes the dataclass as `to_dict` would
         return r
 
     def on_execution_completed(self, event) -> ExecutionRecord:

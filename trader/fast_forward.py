@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging, math
 from functools import reduce
 from operator import add, attrgetter
-from collections import deque
 from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
