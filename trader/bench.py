@@ -19,11 +19,10 @@ async def pipeline_benchmark(start=None, end=None, # a slice of the bundled mont
                              journal_path=None, trace_memory:bool=False,
                              fast_forward:bool=True) -> dict: # False: every bar through the engine one by one
     "Run the fixed workload once; returns bars/s, trades, final equity, peak memory and latency percentiles."
-    coord = ProductionCoordinator(build_config(BENCH_CONFIG), journal_path=journal_path, start=start, end=end, regimes=False)
+    coord = ProductionCoordinator(build_config(BENCH_CONFIG), journal_path=journal_path, start=start, end=end, regimes=False, symbols=['BTC/USDT'])
     await coord.initialize_production_system(None, {'equity_usd': 100_000})
     coord.register_strategy('sma_cross', MomentumStrategy(10, 50, stop_pct=0.02, size=0.1, symbols='BTC/USDT'), 1.0)
-    btc = [e for e in coord.feed.events if e.symbol == 'BTC/USDT']
-    coord.feed.events = btc; coord.feed.total = len(btc)
+    btc = coord.feed.events
     coord.trading_engine.fast_forward = fast_forward
     gc.collect()
     if trace_memory: tracemalloc.start()

@@ -63,8 +63,12 @@ class ProductionCoordinator:
                  speed:float=1.0,                 # paper mode offline: market seconds per real second
                  confirm_live:bool=False,         # live mode trades real money only with this set
                  online:bool=False,               # paper mode: live ccxt.pro market data instead of the replay
-                 regimes:bool=True):              # classify market regimes as bars close (the risk manager's size multiplier)
+                 regimes:bool=True,               # classify market regimes as bars close (the risk manager's size multiplier)
+                 symbols:list[str]|None=None):    # without `data`: the bundled series to replay (default: all of them)
         self.config = config or load_config()
+        if data is None and symbols is not None and (unknown := sorted(set(symbols) - set(SAMPLE_CANDLES))):
+            raise ValueError(f"symbols: no bundled series for {unknown}; the bundled ones are {sorted(SAMPLE_CANDLES)}")
+        self.symbols = list(SAMPLE_CANDLES) if symbols is None else list(symbols)
         self.journal_path, self.alerts_given, self.data, self.start, self.end = journal_path, alerts, data, start, end
         self.speed, self.confirm_live, self.online, self.regimes = speed, confirm_live, online, regimes
         self.engine: LiveTradingEngine|None = None
@@ -85,7 +89,7 @@ class ProductionCoordinator:
 def _market_series(self) -> dict[str, list]:
     "Bars per bundled / given symbol, sliced to [start, end)."
     if self.data is None:
-        return {s: candle_events({s: load_candles(s, self.start, self.end)}) for s in SAMPLE_CANDLES}
+        return {s: candle_events({s: load_candles(s, self.start, self.end)}) for s in self.symbols}
     sym = self.portfolio_config.get('data_symbol', 'BTC/USDT')
     return {sym: load_events(self.data, sym, start=self.start, end=self.end)}
 

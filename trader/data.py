@@ -16,7 +16,8 @@ from .core import Bar, BookUpdate, MarketEvent, Quote, Side, TradeTick, TraderEr
 __all__ = ['SAMPLE_DIR', 'OHLCV', 'SAMPLE_CANDLES', 'BUNDLED_VENUES', 'WS_KINDS', 'TRADE_COLUMNS', 'SAMPLE_TICKS', 'sample_path',
            'tidy_candles', 'load_candles', 'load_markets', 'read_binance_ws', 'binance_trades', 'load_trades',
            'BookSequenceError', 'binance_book_updates', 'binance_quotes', 'trade_ticks', 'binance_events_from_raw',
-           'binance_market_events', 'sample_market_events', 'candles_to_bars', 'ohlcv_cache_path', 'download_ohlcv']
+           'binance_market_events', 'sample_market_events', 'BarList', 'candles_to_bars', 'ohlcv_cache_path',
+           'download_ohlcv']
 
 # %% ../nbs/03_data.ipynb #19a9be01
 SAMPLE_DIR = Path(str(resources.files('trader'))) / 'sample'
@@ -272,17 +273,36 @@ def sample_market_events(symbol:str='BTC/USDT') -> list[MarketEvent]:
     return list(_sample_events(symbol))
 
 # %% ../nbs/03_data.ipynb #45bf3f5f
+class BarList(list):
+    "Bars of one symbol and venue with the columns they were made from (`timestamp`, `timeframe_ms`, OHLCV); a change forgets the columns."
+    def __init__(self, bars=(), columns:dict[str, np.ndarray]|None=None):
+        super().__init__(bars); self.columns = columns
+    def copy(self) -> BarList: return BarList(self, self.columns)
+
+def _forgets_columns(name:str):
+    change = getattr(list, name)
+    def changed(self, *args, **kwargs):
+        self.columns = None; return change(self, *args, **kwargs)
+    changed.__name__ = name
+    return changed
+
+for _name in ('__setitem__', '__delitem__', '__iadd__', '__imul__', 'append', 'extend', 'insert', 'pop', 'remove', 'sort', 'reverse', 'clear'):
+    setattr(BarList, _name, _forgets_columns(_name))
+
 def candles_to_bars(df:pd.DataFrame, symbol:str, venue:str='paper',
                     timeframe_ms:int|None=None, # bar length; None: the most common gap between candles
-                   ) -> list[Bar]:
+                   ) -> BarList:
     "`Bar`s of a tidy candle frame (`load_candles`, `download_ohlcv`), oldest first."
     df = tidy_candles(df) if not isinstance(df.index, pd.DatetimeIndex) else df.sort_index()
     ms = df.index.as_unit('ms').asi8
     if timeframe_ms is None:
         if len(ms) < 2: raise ValueError("candles_to_bars: cannot infer the timeframe from fewer than 2 candles; pass timeframe_ms")
         timeframe_ms = int(pd.Series(np.diff(ms)).mode().iloc[0])
-    cols = [df[c].to_numpy(dtype='float64').tolist() for c in OHLCV]   # Python floats: numpy scalars would ride along into every price, fill and balance
-    return [Bar(symbol, t, o, h, l, c, v, timeframe_ms, venue) for t, o, h, l, c, v in zip(ms.tolist(), *cols)]
+    arrays = [df[c].to_numpy(dtype='float64', copy=True) for c in OHLCV]
+    cols = [a.tolist() for a in arrays]   # Python floats: numpy scalars would ride along into every price, fill and balance
+    columns = {'timestamp': ms.astype(float), 'timeframe_ms': np.full(len(ms), float(timeframe_ms)), **dict(zip(OHLCV, arrays))}
+    for a in columns.values(): a.flags.writeable = False
+    return BarList((Bar(symbol, t, o, h, l, c, v, timeframe_ms, venue) for t, o, h, l, c, v in zip(ms.tolist(), *cols)), columns)
 
 # %% ../nbs/03_data.ipynb #d04c0af9
 def _to_ms(t) -> int|None:

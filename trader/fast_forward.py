@@ -41,10 +41,15 @@ class BarTape:
     "A replay's events as numpy columns: time (ms and seconds), symbol and venue codes, bar prices (NaN for other events)."
     def __init__(self, events:Sequence[MarketEvent]):
         self.events, n = events, len(events)
-        self.symbols = sorted({e.symbol for e in events}); self.code = {s: k for k, s in enumerate(self.symbols)}
-        self.venues = sorted({e.venue for e in events}); vcode = {v: k for k, v in enumerate(self.venues)}
-        self.is_bar = np.ones(n, bool) if set(map(type, events)) == {Bar} else np.fromiter((isinstance(e, Bar) for e in events), bool, n)
-        ts, tf, self.open, self.high, self.low, self.close, self.volume = map(_read_only, _columns(events, self.is_bar))
+        if (made_from := getattr(events, 'columns', None)) is not None and n and len(made_from['close']) == n:   # a `BarList`: one symbol's bars on one venue
+            self.symbols, self.venues, self.is_bar = [events[0].symbol], [events[0].venue], np.ones(n, bool)
+            columns = [made_from[k] for k in _FIELDS]
+        else:
+            self.symbols, self.venues = sorted({e.symbol for e in events}), sorted({e.venue for e in events})
+            self.is_bar = np.ones(n, bool) if set(map(type, events)) == {Bar} else np.fromiter((isinstance(e, Bar) for e in events), bool, n)
+            columns = _columns(events, self.is_bar)
+        self.code, vcode = {s: k for k, s in enumerate(self.symbols)}, {v: k for k, v in enumerate(self.venues)}
+        ts, tf, self.open, self.high, self.low, self.close, self.volume = map(_read_only, columns)
         self.time = (ts + tf).astype(np.int64)          # a bar's close time; another event's timestamp
         self.sym = _codes(events, 'symbol', self.code)
         self.venue = _codes(events, 'venue', vcode)

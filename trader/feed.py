@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 import pandas as pd
 from .core import Bar, MarketEvent, event_time
 from .clock import Clock, SimClock, ReplayClock, _loop_busy
-from .data import SAMPLE_CANDLES, candles_to_bars, load_candles, sample_market_events, binance_market_events
+from .data import SAMPLE_CANDLES, BarList, candles_to_bars, load_candles, sample_market_events, binance_market_events
 
 # %% auto #0
 __all__ = ['Skip', 'ReplayFeed', 'merge_events', 'replay_clock', 'candle_events', 'load_events']
@@ -103,7 +103,8 @@ def _progress_bar(total):
 
 # %% ../nbs/40_feed.ipynb #fdb8a14e
 def merge_events(*streams:Iterable[MarketEvent]) -> list[MarketEvent]:
-    "Several time-ordered event streams merged into one, by the time each event becomes known."
+    "Several time-ordered event streams merged into one, by the time each event becomes known (one `BarList` stays one, with its columns)."
+    if len(streams) == 1 and isinstance(streams[0], BarList): return streams[0].copy()
     return list(heapq.merge(*streams, key=event_time))
 
 def replay_clock(events:list[MarketEvent], speed:float=0.0) -> Clock:
