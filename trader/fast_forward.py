@@ -246,7 +246,8 @@ def _exits_clear(engine, tape:BarTape, i:int, j:int) -> int:
 # %% ../nbs/56_fast_forward.ipynb #c08c4e05
 def _equity(engine, tape:BarTape, i:int, j:int) -> np.ndarray|None:
     "Equity after each event of [i, j) (a constant when it is all cash: the revaluation leaves it alone once valued); None if it cannot be valued."
-    if engine._only_quote: return np.full(j - i, engine.portfolio._equity if engine._valued else engine.holdings_value())
+    if engine._only_quote:
+        eq = np.empty(j - i); eq.fill(engine.portfolio._equity if engine._valued else engine.holdings_value()); return eq
     series = lambda symbol: _mark_after(tape, i, j, symbol, engine.marks[symbol])
     eq = equity_path(engine._holdings, engine.quote, engine.marks, series)
     if eq is None or isinstance(eq, np.ndarray) and eq.shape == (j - i,): return eq
@@ -340,7 +341,7 @@ def _apply_bars(engine, tape:BarTape, symbol:str, rows:np.ndarray):
     engine.marks[symbol] = engine.positions.marks[symbol] = close
     engine._checked[symbol] = int(tape.time[last])
     h, l, c = tape.prices(rows)
-    if book := engine.positions.books.get(symbol): _widen(book, float(h.max()), float(l.min()))
+    if book := engine.positions.books.get(symbol): _widen(book, max(h.tolist()), min(l.tolist()))   # builtins: a stretch is tens of bars
     pm = engine.positions
     pm.atr_of(symbol).extend(h, l, c)
     if engine.regimes is not None:
