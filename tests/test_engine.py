@@ -207,8 +207,8 @@ async def test_bad_signal_rejected_journaled_no_order_engine_keeps_running(field
     with pytest.raises(SignalError) as e: Signal.from_dict(bad, venues={'binance'})
     assert e.value.field == field
     await eng.start_live_trading('simulation')
-    reason = eng.submit(bad)
-    assert reason is not None and reason.startswith(f'signal.{field}:'), reason
+    refused = eng.submit(bad)
+    assert refused.status == 'rejected' and refused.field == field and refused.reasons[0].startswith(f'signal.{field}:'), refused
     r = await eng.execute_signal(bad)
     assert r.status == 'rejected' and r.reasons[0].startswith(f'signal.{field}:')
     rej = eng.journal.load('signal_rejected')

@@ -75,20 +75,20 @@ async def test_exit_runs_before_entries_of_the_same_urgency():
 async def test_duplicate_client_id_dropped_and_journaled():
     eng, paper, clock = await build()
     assert eng.submit(sig(0.001, client_id='x-1')) is None
-    reason = eng.submit(sig(0.002, client_id='x-1'))
-    assert reason == "duplicate client_id 'x-1'"
+    refused = eng.submit(sig(0.002, client_id='x-1'))
+    assert refused.status == 'rejected' and refused.field == 'client_id' and refused.reasons == ["queue: duplicate client_id 'x-1'"]
     await run(eng, clock)
     assert await sent_sizes(paper) == [0.001]
     rej = eng.journal.load('signal_rejected')
     assert len(rej) == 1 and rej[0].payload['reasons'] == ["queue: duplicate client_id 'x-1'"] and rej[0].payload['signal']['size'] == 0.002
     assert eng.queue.dropped == {'duplicate': 1}
     # a duplicate is refused even after the first one ran
-    assert eng.submit(sig(0.003, client_id='x-1')) == "duplicate client_id 'x-1'"
+    assert eng.submit(sig(0.003, client_id='x-1')).reasons == ["queue: duplicate client_id 'x-1'"]
 
 async def test_queue_full_refuses_with_reason():
     eng, paper, clock = await build(max_queue_size=2)
     assert eng.submit(sig(0.001)) is None and eng.submit(sig(0.002)) is None
-    assert eng.submit(sig(0.003)) == 'queue full (2 signals)'
+    assert eng.submit(sig(0.003)).reasons == ['queue: queue full (2 signals)']
     assert len(eng.queue) == 2
     await run(eng, clock)
     assert await sent_sizes(paper) == [0.001, 0.002]

@@ -12,7 +12,7 @@ from trader.orders import SmartOrderManager
 from trader.positions import AdvancedPositionManager
 from trader.risk import RiskManager
 from trader.portfolio import PortfolioManager
-from trader.store import Journal, rebuild_state
+from trader.store import Journal, JournalError, rebuild_state
 from trader.engine import LiveTradingEngine
 
 SECRET = 'sk-live-0123456789abcdef'
@@ -29,13 +29,17 @@ def raw_bytes(path) -> bytes:
     ({'auth': {'private_key': SECRET}}, 'payload.auth.private_key'),
 ])
 def test_secrets_are_refused_and_never_written(tmp_path, payload, where):
+    "Input with a credential is stored summarised (the value redacted); a state row with one is refused; neither writes it."
     path = tmp_path / 'j.sqlite'
     j = Journal(path)
     j.append('equity', {'equity': 1.0}, ts=1)
-    with pytest.raises(ValueError) as e: j.append('signal', payload, ts=2)
+    why = j.append('signal', payload, ts=2)
+    assert where in why and SECRET not in why
+    with pytest.raises(JournalError) as e: j.append('order_submitted', {'client_order_id': 'c1', **payload}, ts=3)
     assert where in str(e.value) and SECRET not in str(e.value)
     j.append('order_submitted', {'client_order_id': 'c1'}, ts=3)   # the journal still works
-    assert [x.kind for x in j.load()] == ['equity', 'order_submitted']
+    assert [x.kind for x in j.load()] == ['equity', 'signal', 'order_submitted']
+    assert j.load('signal')[0].payload['unstorable'].startswith('journal: refusing to store')
     j.close()
     assert SECRET.encode() not in raw_bytes(path)
 
@@ -80,7 +84,7 @@ def test_a_flush_is_one_transaction_and_a_failed_one_loses_and_repeats_nothing(t
     # the disk refuses the third row of the next batch: the batch is rolled back whole and stays pending
     j.db.execute("CREATE TEMP TRIGGER refuse BEFORE INSERT ON events WHEN NEW.ts = 6 BEGIN SELECT RAISE(ABORT, 'disk full'); END")
     for ts in (4, 5, 6): j.append('equity', {'equity': float(ts)}, ts=ts)
-    with pytest.raises(sqlite3.IntegrityError, match='disk full'): j.flush()
+    with pytest.raises(JournalError, match='3 rows not committed: IntegrityError: disk full'): j.flush()
     reader = sqlite3.connect(path)
     assert [t for t, in reader.execute('SELECT ts FROM events ORDER BY seq')] == [1, 2, 3]
     j.db.execute('DROP TRIGGER refuse')

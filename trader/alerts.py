@@ -8,6 +8,7 @@ import asyncio, json, logging, os, re
 from dataclasses import dataclass, field, asdict
 from typing import Any, Protocol
 from urllib.parse import urlsplit
+from .core import TraderError
 from .clock import Clock, WallClock
 
 log = logging.getLogger('trader.alerts')
@@ -87,7 +88,9 @@ class Alerts:
         "Record and send an alert now (sends run in the background)."
         alert = Alert(level, mask_secrets(message), self.clock.ms(), source, data)
         self.history = (self.history + [alert])[-self.keep:]
-        if self.journal is not None: self.journal.append('alert', alert, ts=alert.timestamp, key=source)
+        if self.journal is not None:
+            try: self.journal.append('alert', alert, ts=alert.timestamp, key=source)
+            except TraderError as e: log.error("alert not journaled: %s", e)   # the journal's own fault; the alert still goes out
         for sink in self.sinks: self._spawn(sink, alert)
         return alert
 

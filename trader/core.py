@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #c0599ed6
 from __future__ import annotations
-import math, itertools
+import math, itertools, numbers
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from functools import lru_cache
@@ -12,12 +12,12 @@ from typing import Any
 from collections.abc import Iterable, Mapping
 
 # %% auto #0
-__all__ = ['TERMINAL_STATUSES', 'ORDER_TRANSITIONS', 'MarketEvent', 'StrEnum', 'Side', 'OrderType', 'TimeInForce', 'OrderStatus',
-           'Urgency', 'ExecutionAlgo', 'SignalIntent', 'TraderError', 'positive_number', 'SignalError',
-           'OrderStateError', 'split_symbol', 'known_venues', 'Signal', 'Fill', 'OrderEvent', 'OrderAccepted',
-           'OrderRejected', 'OrderFilled', 'OrderCancelRequested', 'OrderCancelRejected', 'OrderCanceled',
-           'OrderExpired', 'Order', 'order_in_state', 'ClientOrderIds', 'Position', 'Bar', 'TradeTick', 'BookUpdate',
-           'Quote', 'event_time']
+__all__ = ['TERMINAL_STATUSES', 'SECRET_WORDS', 'MAX_TEXT', 'MAX_NUMBER', 'MAX_TIMESTAMP', 'MAX_PRIORITY', 'ORDER_TRANSITIONS',
+           'MarketEvent', 'StrEnum', 'Side', 'OrderType', 'TimeInForce', 'OrderStatus', 'Urgency', 'ExecutionAlgo',
+           'SignalIntent', 'TraderError', 'positive_number', 'looks_secret', 'shown', 'SignalError', 'OrderStateError',
+           'split_symbol', 'known_venues', 'Signal', 'Fill', 'OrderEvent', 'OrderAccepted', 'OrderRejected',
+           'OrderFilled', 'OrderCancelRequested', 'OrderCancelRejected', 'OrderCanceled', 'OrderExpired', 'Order',
+           'order_in_state', 'ClientOrderIds', 'Position', 'Bar', 'TradeTick', 'BookUpdate', 'Quote', 'event_time']
 
 # %% ../nbs/00_core.ipynb #fe40f324
 class StrEnum(str, Enum):
@@ -70,11 +70,25 @@ def positive_number(label:str, x, error:type[Exception]=ValueError, what:str='a 
         raise error(f"{label}: must be {what}, got {x!r}")
     return float(x)
 
+SECRET_WORDS = ('apikey', 'secret', 'password', 'passwd', 'passphrase', 'privatekey', 'token', 'credential', 'signature', 'mnemonic')
+
+@lru_cache(maxsize=1024)
+def looks_secret(name) -> bool:
+    "Whether `name` (a key, a parameter, an environment variable) names a credential: its value is never shown."
+    flat = ''.join(ch for ch in str(name).lower() if ch.isalnum())
+    return any(w in flat for w in SECRET_WORDS)
+
+def shown(value:Any, name:str='', limit:int=80) -> str:
+    "`value` as a message shows it: its repr cut to `limit` characters, or only its type when `name` looks secret."
+    if looks_secret(name): return f"<{type(value).__name__}, redacted>"
+    r = repr(value) if not isinstance(value, int) or abs(value) < 10**30 else f"<int of {len(str(abs(value)))} digits>"
+    return r if len(r) <= limit else r[:limit - 1] + '…'
+
 class SignalError(TraderError, ValueError):
     "A signal that cannot be traded: `field` names the culprit, `reason` says why."
     def __init__(self, field:str, reason:str, value:Any=None):
         self.field, self.reason, self.value = field, reason, value
-        super().__init__(f"signal.{field}: {reason}" + ('' if value is None else f" (got {value!r})"))
+        super().__init__(f"signal.{field}: {reason}" + ('' if value is None else f" (got {shown(value, field)})"))
 
 class OrderStateError(TraderError):
     "An order event that the order's current state does not allow."
@@ -88,7 +102,7 @@ def split_symbol(symbol:str) -> tuple[str, str]:
 @lru_cache(maxsize=4096)   # symbols repeat: every fill, order and record asks again
 def _split(symbol:str) -> tuple[str, str]:
     pair = symbol.split(':')[0]
-    if pair.count('/') != 1 or not all(pair.split('/')):
+    if pair.count('/') != 1 or not all(pair.split('/')) or not symbol.isprintable() or any(ch.isspace() for ch in symbol):
         raise SignalError('symbol', "must look like 'BASE/QUOTE' or 'BASE/QUOTE:SETTLE'", symbol)
     base, quote = pair.split('/')
     return base, quote
@@ -100,18 +114,41 @@ def known_venues() -> frozenset[str]:
     import ccxt
     return frozenset(ccxt.exchanges) | {'paper'}
 
+MAX_TEXT = 64                     # the longest symbol, strategy, exchange or client id a signal carries
+MAX_NUMBER = 1e15                 # the largest price or size: anything above is a unit mistake, not a market
+MAX_TIMESTAMP = 32_503_680_000_000   # 3000-01-01 in ms
+MAX_PRIORITY = 1_000_000
+
 def _price(field:str, value:Any, optional:bool=False) -> float|None:
-    if type(value) is float and 0 < value < math.inf: return value   # already what it must be
+    if type(value) is float and 0 < value <= MAX_NUMBER: return value   # already what it must be
     if value is None:
         if optional: return None
         raise SignalError(field, 'is required')
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, str)) or isinstance(value, str) and len(value) > 32:
         raise SignalError(field, 'must be a number', value)
+    if isinstance(value, numbers.Integral) and abs(value) > MAX_NUMBER: raise SignalError(field, f"must be at most {MAX_NUMBER:g}", value)
     try: x = float(value)
-    except ValueError: raise SignalError(field, 'must be a number', value) from None
+    except (ValueError, OverflowError): raise SignalError(field, 'must be a number', value) from None
     if not math.isfinite(x): raise SignalError(field, 'must be finite, not NaN or infinity', value)
     if x <= 0: raise SignalError(field, 'must be positive', value)
+    if x > MAX_NUMBER: raise SignalError(field, f"must be at most {MAX_NUMBER:g}", value)
     return x
+
+def _text(field:str, value:Any, optional:bool=False) -> str|None:
+    "`value` if it is a short printable string without surrounding spaces; else `SignalError` naming `field`."
+    if value is None and optional: return None
+    if value is None or value == '': raise SignalError(field, 'is required')
+    if type(value) is not str: raise SignalError(field, f"must be a string, not {type(value).__name__}", value)
+    if not 0 < len(value) <= MAX_TEXT or not value.isprintable() or value.strip() != value:
+        raise SignalError(field, f"must be 1 to {MAX_TEXT} printable characters without surrounding spaces", value)
+    return value
+
+def _whole(field:str, value:Any, low:int, high:int, optional:bool=False) -> int|None:
+    if type(value) is int and low <= value <= high: return value
+    if value is None and optional: return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral): raise SignalError(field, 'must be a whole number', value)
+    if not low <= value <= high: raise SignalError(field, f"must be between {low} and {high}", value)
+    return int(value)
 
 def _member(cls, value):
     "`value` as a member of the enum `cls` (a member passes at no cost; `cls(value)` raises ValueError otherwise)."
@@ -119,6 +156,7 @@ def _member(cls, value):
 
 def _enum(cls, field:str, value:Any):
     if type(value) is cls: return value
+    if type(value) is not str: raise SignalError(field, f"must be one of {[m.value for m in cls]}", value)
     try: return cls(value)
     except ValueError: raise SignalError(field, f"must be one of {[m.value for m in cls]}", value) from None
 
@@ -143,18 +181,18 @@ class Signal:
     timestamp: int|None = None      # ms, when the signal was made
 
     def __post_init__(self):
-        if not isinstance(self.symbol, str) or not self.symbol.strip(): raise SignalError('symbol', 'is required', self.symbol)
-        split_symbol(self.symbol)
+        split_symbol(_text('symbol', self.symbol))
         fix = lambda k, v: object.__setattr__(self, k, v)
-        if type(self.side) is not Side: fix('side', _enum(Side, 'side', self.side.lower() if isinstance(self.side, str) else self.side))
+        if type(self.side) is not Side: fix('side', _enum(Side, 'side', self.side.lower() if type(self.side) is str else self.side))
         fix('urgency', _enum(Urgency, 'urgency', self.urgency))
         fix('time_in_force', _enum(TimeInForce, 'time_in_force', self.time_in_force))
         fix('intent', _enum(SignalIntent, 'intent', self.intent))
         if self.algo is not None: fix('algo', _enum(ExecutionAlgo, 'algo', self.algo))
         for k in ('entry', 'stop', 'target', 'size'): fix(k, _price(k, getattr(self, k), optional=k != 'entry'))
         self._check_sides()
-        if not isinstance(self.strategy, str) or not self.strategy: raise SignalError('strategy', 'must be a non-empty string', self.strategy)
-        if isinstance(self.priority, bool) or not isinstance(self.priority, int): raise SignalError('priority', 'must be an integer', self.priority)
+        _text('strategy', self.strategy); _text('exchange', self.exchange); _text('client_id', self.client_id, optional=True)
+        fix('priority', _whole('priority', self.priority, -MAX_PRIORITY, MAX_PRIORITY))
+        fix('timestamp', _whole('timestamp', self.timestamp, 0, MAX_TIMESTAMP, optional=True))
 
     def _check_sides(self):
         s, below, above = self.side.sign, 'below', 'above'
@@ -178,12 +216,13 @@ class Signal:
     def from_dict(cls, d:Mapping, venues:Iterable[str]|None=None) -> Signal:
         "Validate the spec's signal dict `d`; `venues` restricts `exchange` (default: any ccxt id or 'paper')."
         if not isinstance(d, Mapping): raise SignalError('signal', 'must be a dict', d)
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown: raise SignalError(sorted(unknown)[0], f"is not a signal field; allowed: {sorted(cls.__dataclass_fields__)}")
-        if not d.get('symbol'): raise SignalError('symbol', 'is required', d.get('symbol'))
-        if 'side' not in d: raise SignalError('side', 'is required')
-        if 'entry' not in d: raise SignalError('entry', 'is required')
-        exchange = d.get('exchange', 'paper')
+        fields = cls.__dataclass_fields__
+        for k in d:
+            if type(k) is not str: raise SignalError(_key_name(k), 'signal keys must be strings')
+            if k not in fields: raise SignalError(_key_name(k), f"is not a signal field; allowed: {sorted(fields)}")
+        for k in ('symbol', 'side', 'entry'):
+            if k not in d: raise SignalError(k, 'is required')
+        exchange = _text('exchange', d.get('exchange', 'paper'))
         allowed = known_venues() if venues is None else frozenset(venues)
         if exchange not in allowed: raise SignalError('exchange', f"unknown exchange; expected one of {_few(allowed)}", exchange)
         return cls(**d)
@@ -191,6 +230,10 @@ class Signal:
     def to_dict(self) -> dict:
         "The signal as plain values (the spec's dict plus the optional fields)."
         return {k: (v.value if isinstance(v, Enum) else v) for k, v in self.__dict__.items()}
+
+def _key_name(k) -> str:
+    "How an error names the key `k`: as it is when it is a short printable string, else its repr, cut short."
+    return k if type(k) is str and 0 < len(k) <= MAX_TEXT and k.isprintable() else shown(k, limit=MAX_TEXT)
 
 def _few(xs, n=8): xs = sorted(xs); return xs if len(xs) <= n else xs[:n] + [f"... {len(xs) - n} more"]
 

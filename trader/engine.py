@@ -15,7 +15,7 @@ from .core import (Bar, Quote, TradeTick, BookUpdate, MarketEvent, Signal, Signa
 from .clock import Clock, SimClock, start_now
 from .config import TraderConfig
 from .queue import SignalQueue
-from .store import order_record, encode_order_event, position_record
+from .store import JournalError, order_record, encode_order_event, position_record
 from .websocket import OrderUpdate
 from .orders import OrderRequest, ExecutionFilled, ExecutionCompleted, ChildOrderSubmitted, ChildOrderUpdated, OrderValidationError
 from .portfolio import PortfolioError
@@ -28,8 +28,8 @@ log = logging.getLogger('trader.engine')
 MODES = ('simulation', 'paper', 'live')
 
 # %% auto #0
-__all__ = ['log', 'MODES', 'ExecutionResult', 'LiveTradingEngine', 'register_strategy', 'as_signal', 'submit', 'handle',
-           'execute_signal', 'exposure_rows', 'contract_size', 'venue_amount', 'equity', 'risk_state',
+__all__ = ['log', 'MODES', 'REFUSALS', 'ExecutionResult', 'LiveTradingEngine', 'register_strategy', 'as_signal', 'submit',
+           'handle', 'execute_signal', 'exposure_rows', 'contract_size', 'venue_amount', 'equity', 'risk_state',
            'check_positions', 'update_pnl', 'take_balances', 'take_holdings', 'holdings_value', 'check_risk',
            'record_performance', 'record_equity_point', 'strategy_equity', 'record_strategy_equity', 'run_due',
            'start_live_trading', 'step', 'on_market_event', 'drain', 'stop_live_trading', 'emergency_stop']
@@ -39,11 +39,12 @@ __all__ = ['log', 'MODES', 'ExecutionResult', 'LiveTradingEngine', 'register_str
 class ExecutionResult:
     "What the engine did with one signal."
     signal: Signal|None
-    status: str                          # filled, partial, unfilled, rejected, failed, exited, nothing_to_exit
+    status: str                          # queued, filled, partial, unfilled, rejected, failed, exited, nothing_to_exit
     reasons: list[str] = field(default_factory=list)
     size: float = 0.0                    # the amount sent to the order manager
     parent: Any = None                   # the order manager's ParentOrder
     position_id: str|None = None
+    field: str|None = None               # a rejection's culprit: the signal field that was wrong, when one was
     @property
     def fills(self) -> list[Fill]: return [] if self.parent is None else self.parent.fills
     @property
@@ -80,6 +81,7 @@ class LiveTradingEngine:
         self._valued = False   # whether equity was computed from the holdings taken last
         self._submitted: dict[int, float] = {}   # id(signal) -> perf_counter at submission, for latency
         self._exit_failures: dict[str, int] = {}
+        self._listed: set[tuple[str, str]] = set()   # (exchange, symbol) pairs a signal named and a venue lists
         self._working_entries: dict[int, tuple] = {}   # entries approved and not yet done: (symbol, strategy, side, notional) rows
         self._last_trip: str|None = None
         self._strategy_start: dict[str, float] = {}   # strategy -> its capital when it started trading
@@ -111,42 +113,52 @@ def register_strategy(self, name:str, strategy, allocation:float):
     return strategy
 
 def as_signal(self, signal) -> Signal:
-    "A validated `Signal` from a `Signal` or the spec's dict (unknown venues are refused)."
-    if isinstance(signal, Signal):
-        if signal.exchange not in self._venue_names(): raise SignalError('exchange', f"unknown exchange; this engine trades {sorted(self._venue_names())}", signal.exchange)
-        return signal
-    return Signal.from_dict(signal, venues=self._venue_names())
+    "A validated `Signal` from a `Signal` or the spec's dict, on a venue this engine trades and a symbol that venue lists."
+    sig = signal if isinstance(signal, Signal) else Signal.from_dict(signal, venues=self._venue_names())
+    if (sig.exchange, sig.symbol) in self._listed: return sig
+    if sig.exchange not in self._venue_names(): raise SignalError('exchange', f"unknown exchange; this engine trades {sorted(self._venue_names())}", sig.exchange)
+    clients = self.orders.clients
+    venues = [sig.exchange] if sig.exchange in clients else list(clients)
+    if clients and not any(sig.symbol in (clients[v].markets or {}) for v in venues):
+        raise SignalError('symbol', f"not listed on {' or '.join(venues)}", sig.symbol)
+    self._listed.add((sig.exchange, sig.symbol))
+    return sig
 
-def submit(self, signal) -> str|None:
-    "Queue a signal; returns None when queued, else why it was refused."
+def submit(self, signal) -> ExecutionResult|None:
+    "Queue a signal; returns None when queued, else the rejection (an `ExecutionResult`, journaled)."
     try: sig = self.as_signal(signal)
-    except SignalError as e: self._reject(None, [str(e)], raw=signal); return str(e)
+    except SignalError as e: return self._reject(None, [str(e)], raw=signal, field=e.field)
     if sig.timestamp is None: sig = _stamped(sig, self.clock.ms())
     self.counts['signals'] += 1
     self._submitted[id(sig)] = time.perf_counter()
     self._journal('signal', sig, key=sig.client_id)   # the journal writes a dataclass as its fields
-    return self.queue.put(sig, wake=not self._stepping)   # a simulation step takes its own signals
+    if self.queue.put(sig, wake=not self._stepping) is None: return None   # a simulation step takes its own signals
+    return self.results[-1]   # the queue refused it: `_dropped` has just rejected it
 
 def _stamped(sig:Signal, ts:int) -> Signal:
     from dataclasses import replace
     return replace(sig, timestamp=ts)
 
 def _dropped(self, signal:Signal, reason:str):
-    self._reject(signal, [f"queue: {reason}"])
+    self._reject(signal, [f"queue: {reason}"], field='client_id' if reason.startswith('duplicate') else None)
 
-def _reject(self, signal:Signal|None, reasons:list[str], raw=None) -> ExecutionResult:
+def _reject(self, signal:Signal|None, reasons:list[str], raw=None, field:str|None=None) -> ExecutionResult:
+    "A rejection: counted, journaled with what was sent (summarised by the journal if it cannot be stored), and returned."
     self.counts['rejected'] += 1
-    payload = {'signal': signal.to_dict() if signal is not None else _plain_signal(raw), 'reasons': reasons}
+    payload = {'signal': signal.to_dict() if signal is not None else raw, 'reasons': reasons, 'field': field}
     self._journal('signal_rejected', payload, key=getattr(signal, 'client_id', None))
-    r = ExecutionResult(signal, 'rejected', reasons); self.results.append(r)
+    r = ExecutionResult(signal, 'rejected', reasons, field=field); self.results.append(r)
     log.info("signal rejected: %s", '; '.join(reasons))
     return r
 
-def _plain_signal(raw):
-    return {str(k): (v if isinstance(v, (int, float, str, bool, type(None))) else repr(v)) for k, v in raw.items()} if isinstance(raw, Mapping) else repr(raw)
-
 def _journal(self, kind:str, payload, key:str|None=None, ts:int|None=None):
-    if self.journal is not None: self.journal.append(kind, payload, ts=self.clock.ms() if ts is None else ts, key=key)
+    "Journal one row. Input stored summarised raises an alert; a state row that cannot be stored is a fault: new entries halt."
+    if self.journal is None: return
+    try: why = self.journal.append(kind, payload, ts=self.clock.ms() if ts is None else ts, key=key)
+    except JournalError as e:
+        log.error("%s", e); self.counts['errors'] += 1
+        return self.risk.kill(f"journal: {e}")
+    if why is not None and self.alerts is not None: self.alerts.emit('warning', why, source='journal')
 
 for _f in (_venue_names, register_strategy, as_signal, submit, _dropped, _reject, _journal): setattr(LiveTradingEngine, _f.__name__, _f)
 
@@ -182,19 +194,25 @@ LiveTradingEngine.handle = handle
 async def execute_signal(self, signal, allocation_size:float|None=None) -> ExecutionResult:
     "Run one signal through risk, allocation, execution and position management."
     try: signal = self.as_signal(signal)
-    except SignalError as e: return self._reject(None, [str(e)], raw=signal)
+    except SignalError as e: return self._reject(None, [str(e)], raw=signal, field=e.field)
     if signal.intent is SignalIntent.EXIT: return self._exit_for_signal(signal)
     deployed = self.exposure_rows()
     decision = self.risk.validate(signal, self.risk_state(signal, deployed))
-    if not decision.approved: return self._reject(signal, decision.reasons)
+    if not decision.approved: return self._reject(signal, decision.reasons, field=_culprit(decision.reasons))
     self.portfolio.update_deployed(deployed)
     try: size = self.portfolio.allocate(signal, decision.size, allocation_size)
-    except PortfolioError as e: return self._reject(signal, decision.reasons + [f"portfolio: {e}"])
+    except PortfolioError as e:
+        return self._reject(signal, decision.reasons + [f"portfolio: {e}"], field=None if signal.strategy in self.portfolio.allocations else 'strategy')
     if not size or size <= 0: return self._reject(signal, decision.reasons + [f"portfolio: no capital left for strategy {signal.strategy!r}"])
     key = id(signal)   # the capital is taken before the first await: a signal behind this one sees it deployed
     self._working_entries[key] = (signal.symbol, signal.strategy, signal.side.value, size * (self.marks.get(signal.symbol) or signal.entry))
     try: return await self._execute_entry(signal, size, decision.reasons)
     finally: self._working_entries.pop(key, None)
+
+def _culprit(reasons:list[str]) -> str|None:
+    "The signal field a risk rejection names first (its rules are named after the field they check), if any."
+    rule = reasons[0].split(':')[0] if reasons else ''
+    return rule if rule in Signal.__dataclass_fields__ else None
 
 def exposure_rows(self) -> list[tuple[str, str, str, float]]:
     "Open positions and entries still executing, as (symbol, strategy, side, notional) rows: what risk and allocation count as deployed."
@@ -213,12 +231,14 @@ async def _execute_entry(self, signal:Signal, size:float, reasons:list[str]) -> 
         if why := self._untradable(signal, venue, amount): return self._reject(signal, reasons + [f"size: cut to {amount:g}, which the venue refuses: {why}"])
         self._mark_latency(signal)
         parent = await self.orders.execute(signal, amount=amount, algo=signal.algo)
-    except Exception as e:
-        return self._failed(signal, reasons + [f"orders: {type(e).__name__}: {e}"])
+    except REFUSALS as e: return self._reject(signal, reasons + [f"orders: {type(e).__name__}: {e}"], field='size')
+    except Exception as e: return self._failed(signal, reasons + [f"orders: {type(e).__name__}: {e}"])
     self.counts['orders'] += 1
     if parent.filled <= 0:
         why = reasons + [f"orders: {parent.id} {parent.status}: {parent.reason}"]
-        return self._unfilled(signal, why, parent, amount) if _market_said_no(parent) else self._failed(signal, why, parent, amount)
+        if _market_said_no(parent): return self._unfilled(signal, why, parent, amount)
+        if _venue_refused(parent): return self._reject(signal, why, field='size')
+        return self._failed(signal, why, parent, amount)
     r = ExecutionResult(signal, 'filled' if parent.remaining <= 0 else 'partial', reasons, amount, parent)
     if parent.filled > 0:
         self.risk.record_success()
@@ -240,7 +260,7 @@ def _untradable(self, signal:Signal, venue:str|None, amount:float) -> str|None:
     return None
 
 def _failed(self, signal:Signal, reasons:list[str], parent=None, size:float=0.0) -> ExecutionResult:
-    "An entry the venue or the order manager refused: counted as an error for the circuit breaker, and journaled."
+    "An entry that failed for a fault (the venue, the network, our own code): counted as an error for the circuit breaker, and journaled."
     self.counts['errors'] += 1; self.risk.record_error(reasons[-1])
     r = self._reject(signal, reasons); r.status, r.parent, r.size = 'failed', parent, size
     return r
@@ -248,6 +268,21 @@ def _failed(self, signal:Signal, reasons:list[str], parent=None, size:float=0.0)
 def _market_said_no(parent) -> bool:
     "Whether a parent ended unfilled only because the market did not trade at its prices: every child reached the venue, none was refused."
     return bool(parent.children) and all(c.status in (OrderStatus.CANCELED, OrderStatus.EXPIRED) and c.venue_order_id for c in parent.children)
+
+REFUSALS = (ccxt.InvalidOrder, ccxt.BadSymbol, OrderValidationError)
+# ^ one order refused for its size, price or symbol: a rejection. InsufficientFunds is not among them: cash was checked
+#   before sending, so the venue's books and ours disagree, which is a fault the breaker counts.
+
+def _subclasses(classes) -> set[type]:
+    out = set(classes)
+    for c in classes: out |= _subclasses(c.__subclasses__())
+    return out
+
+_REFUSAL_NAMES = frozenset(c.__name__ for c in _subclasses(REFUSALS))   # a rejected child's reason starts with its error's class name
+
+def _venue_refused(parent) -> bool:
+    "Whether every child was refused by the venue for what it asked (its size, price or symbol): a rejection, not a fault."
+    return bool(parent.children) and all(c.status is OrderStatus.REJECTED and c.reason.split(':')[0] in _REFUSAL_NAMES for c in parent.children)
 
 def _unfilled(self, signal:Signal, reasons:list[str], parent, size:float) -> ExecutionResult:
     "An entry the market did not fill before its algorithm gave up (a passive limit that timed out): journaled; not an error for the breaker."

@@ -12,12 +12,13 @@ from typing import Any
 from collections.abc import Iterable
 import orjson
 import pandas as pd
-from .core import (Fill, Order, OrderEvent, OrderAccepted, OrderRejected, OrderFilled, OrderCancelRequested,
+from .core import (TraderError, looks_secret, shown, Fill, Order, OrderEvent, OrderAccepted, OrderRejected, OrderFilled, OrderCancelRequested,
                          OrderCancelRejected, OrderCanceled, OrderExpired, Position, Side)
 
 # %% auto #0
-__all__ = ['SECRET_KEYS', 'ORDER_EVENTS', 'encode', 'decode_fill', 'encode_order_event', 'decode_order_event', 'JournalEntry',
-           'Journal', 'JournalState', 'order_record', 'position_record', 'rebuild_state']
+__all__ = ['SECRET_KEYS', 'ORDER_EVENTS', 'encode', 'decode_fill', 'encode_order_event', 'decode_order_event', 'summarise',
+           'JournalEntry', 'JournalError', 'Journal', 'JournalState', 'order_record', 'position_record',
+           'rebuild_state']
 
 # %% ../nbs/51_store.ipynb #9d4f4225
 SECRET_KEYS = frozenset({'apikey', 'api_key', 'secret', 'password', 'privatekey', 'private_key', 'token', 'passphrase'})
@@ -72,6 +73,28 @@ def decode_order_event(d:dict) -> OrderEvent:
     if d.get('fill') is not None: d['fill'] = decode_fill(d['fill'])
     return cls(**d)
 
+# %% ../nbs/51_store.ipynb #28b20a60
+def summarise(x:Any, depth:int=3, name:str='') -> Any:
+    "`x` as bounded JSON-safe values, credentials' values redacted: what a journal stores of input it cannot store whole."
+    if looks_secret(name): return shown(x, name)
+    if x is None or type(x) in (bool, float): return x
+    if isinstance(x, int): return x if -2**63 <= x < 2**63 else shown(x)
+    if isinstance(x, str): return x if len(x) <= 200 else x[:199] + '…'
+    if isinstance(x, Enum): return summarise(x.value)
+    if dataclasses.is_dataclass(x) and not isinstance(x, type): x = {k: getattr(x, k) for k in _fields(x)}
+    if depth <= 0 or not isinstance(x, (dict, list, tuple, set, frozenset)): return shown(x)
+    if isinstance(x, dict):
+        items = list(x.items())
+        return {_summary_key(k): summarise(v, depth - 1, k) for k, v in items[:20]} | (
+               {'…': f"{len(items) - 20} more keys"} if len(items) > 20 else {})
+    xs = list(x)
+    return [summarise(v, depth - 1) for v in xs[:20]] + ([f"… {len(xs) - 20} more"] if len(xs) > 20 else [])
+
+def _summary_key(k) -> str:
+    "A key as a summary stores it: text cut to 64 characters; a credential's name marked, so that no stored key names one."
+    k = k[:64] if type(k) is str else shown(k, limit=64)
+    return f"{k} (redacted)" if looks_secret(k) else k
+
 # %% ../nbs/51_store.ipynb #b9211d4c
 @dataclass(frozen=True)
 class JournalEntry:
@@ -82,10 +105,14 @@ class JournalEntry:
     key: str|None
     payload: Any
 
+class JournalError(TraderError):
+    "A row that carries state could not be stored, or a commit failed: a fault, since a restart would miss it."
+
 class Journal:
     "Append-only SQLite (WAL) journal of a trading session's events."
     SCHEMA = "CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY, ts INTEGER NOT NULL, kind TEXT NOT NULL, key TEXT, payload TEXT NOT NULL)"
     DURABLE = frozenset({'order_submitted', 'order_event', 'fill', 'position_opened', 'position_fill', 'alert', 'halt'})
+    INPUT = frozenset({'signal', 'signal_rejected', 'signal_unfilled', 'alert', 'strategy'})   # summarised when they cannot be stored whole
 
     def __init__(self, path:str|Path=':memory:',
                  group_commit:bool=False):   # durable rows wait for the next flush too (simulation: a rerun reproduces them)
@@ -96,17 +123,25 @@ class Journal:
         self.db.execute(self.SCHEMA)   # no index on kind: rows are written on the trading path and read at a restart, which reads most of them
         self._pending: list[tuple] = []
 
-    def append(self, kind:str, payload:Any, ts:int=0, key:str|None=None) -> None:
-        "Add an event; order, fill, position and alert events are committed at once (unless `group_commit`), others at the next `flush`."
-        self._pending.append((ts if type(ts) is int else int(ts), kind, key, encode(payload)))
+    def append(self, kind:str, payload:Any, ts:int=0, key:str|None=None) -> str|None:
+        "Add an event (committed now if durable, unless `group_commit`); returns why an input row was stored summarised, else None."
+        try: row, why = (ts if type(ts) is int else int(ts), kind, _key(key), encode(payload)), None
+        except (TypeError, ValueError, OverflowError) as e:   # orjson's JSONEncodeError is a TypeError
+            if kind not in self.INPUT: raise JournalError(f"journal: cannot store a {kind} row (key {shown(key)}): {e}") from e
+            why = f"{kind} row stored summarised: {e}"
+            row = (ts if type(ts) is int else 0, kind, None if key is None else shown(key, limit=64), encode({'unstorable': str(e), 'summary': summarise(payload)}))
+        self._pending.append(row)
         if not self.group_commit and kind in self.DURABLE or len(self._pending) >= 500: self.flush()
+        return why
 
     def flush(self) -> None:
-        "Commit the buffered events in one transaction."
+        "Commit the buffered events in one transaction; on failure they stay buffered and `JournalError` says why."
         if not self._pending: return
-        with self.db:   # commits, or rolls back on an error; in autocommit mode (isolation_level=None) only after an explicit BEGIN
-            self.db.execute('BEGIN')
-            self.db.executemany('INSERT INTO events (ts, kind, key, payload) VALUES (?, ?, ?, ?)', self._pending)
+        try:
+            with self.db:   # commits, or rolls back on an error; in autocommit mode (isolation_level=None) only after an explicit BEGIN
+                self.db.execute('BEGIN')
+                self.db.executemany('INSERT INTO events (ts, kind, key, payload) VALUES (?, ?, ?, ?)', self._pending)
+        except sqlite3.Error as e: raise JournalError(f"journal {self.path}: {len(self._pending)} rows not committed: {type(e).__name__}: {e}") from e
         self._pending.clear()
 
     def load(self, kind:str|Iterable[str]|None=None) -> list[JournalEntry]:
@@ -127,6 +162,10 @@ class Journal:
         self.flush(); self.db.close()
 
     def __repr__(self): return f"Journal({self.path})"
+
+def _key(key) -> str|None:
+    if key is None or type(key) is str: return key
+    raise TypeError(f"a row's key must be a string or None, not {type(key).__name__}")
 
 # %% ../nbs/51_store.ipynb #47a6b2d2
 @dataclass

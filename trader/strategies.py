@@ -12,7 +12,8 @@ from .core import Bar, Signal, Side, SignalIntent
 from .data import candles_to_bars
 
 # %% auto #0
-__all__ = ['Strategy', 'RollingWindow', 'MomentumStrategy', 'MeanReversionStrategy', 'BreakoutStrategy', 'run_online']
+__all__ = ['BUILTIN_STRATEGIES', 'Strategy', 'RollingWindow', 'MomentumStrategy', 'MeanReversionStrategy', 'BreakoutStrategy',
+           'run_online', 'builtin_strategy']
 
 # %% ../nbs/50_strategies.ipynb #de227869
 class Strategy:
@@ -185,3 +186,14 @@ def run_online(strategy:Strategy, candles:pd.DataFrame, symbol:str|None=None) ->
         for sig in strategy.on_bar(bar):
             (exits if sig.intent is SignalIntent.EXIT else entries)[i] = True
     return pd.DataFrame({'entries': entries, 'exits': exits}, index=candles.index)
+
+# %% ../nbs/50_strategies.ipynb #46500500
+BUILTIN_STRATEGIES = {
+    'momentum': lambda symbols: MomentumStrategy(10, 50, stop_pct=0.01, target_pct=0.02, symbols=symbols),
+    'mean_reversion': lambda symbols: MeanReversionStrategy(30, 2.5, stop_pct=0.01, target_pct=0.015, symbols=symbols),
+    'breakout': lambda symbols: BreakoutStrategy(55, 20, stop_pct=0.015, target_pct=0.03, symbols=symbols)}
+
+def builtin_strategy(name:str, symbols:list[str]) -> Strategy:
+    "The built-in strategy called `name`, trading `symbols`."
+    if name not in BUILTIN_STRATEGIES: raise KeyError(f"no built-in strategy {name!r}; the built-in ones are {sorted(BUILTIN_STRATEGIES)}")
+    return BUILTIN_STRATEGIES[name](symbols)
