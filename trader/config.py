@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, fields, asdict, replace
 from pathlib import Path
 from typing import Any
 from collections.abc import Callable, Mapping
-from .core import TraderError, ExecutionAlgo
+from .core import TraderError, ExecutionAlgo, looks_secret, shown
 
 # %% auto #0
 __all__ = ['positive', 'non_negative', 'fraction', 'positive_int', 'non_negative_int', 'boolean', 'ALGOS', 'SECTIONS', 'MODES',
@@ -23,7 +23,7 @@ class ConfigError(TraderError, ValueError):
     "A configuration value that is not allowed: names the key, the value and what is allowed."
     def __init__(self, key:str, value:Any, allowed:str):
         self.key, self.value, self.allowed = key, value, allowed
-        super().__init__(f"config {key} = {value!r}: {allowed}")
+        super().__init__(f"config {key} = {shown(value, key)}: {allowed}")
 
 @dataclass(frozen=True)
 class Rule:
@@ -185,9 +185,14 @@ def env_overrides(env:Mapping[str, str]) -> dict:
     for name, raw in env.items():
         if not name.startswith(ENV_PREFIX) or '__' not in name: continue
         section, key = name[len(ENV_PREFIX):].lower().split('__', 1)
-        if section not in SECTIONS: raise ConfigError(name, raw, f"unknown section {section!r}; sections are {sorted(SECTIONS)}")
+        if section not in SECTIONS: raise ConfigError(name, raw, f"unknown section {section!r}; sections are {sorted(SECTIONS)}" + _key_hint(name))
         out.setdefault(section, {})[key] = _parse_env_value(name, raw)
     return out
+
+def _key_hint(name:str) -> str:
+    "For a credential's name with a doubled underscore (`TRADER_BINANCE__API_KEY`), the variable exchange keys are read from."
+    if not looks_secret(name): return ''
+    return f"; exchange keys are read from {name.replace('__', '_')} (one underscore), never from the configuration"
 
 def _merge(base:dict, over:Mapping) -> dict:
     out = dict(base)

@@ -196,6 +196,8 @@ async def execute_signal(self, signal, allocation_size:float|None=None) -> Execu
     try: signal = self.as_signal(signal)
     except SignalError as e: return self._reject(None, [str(e)], raw=signal, field=e.field)
     if signal.intent is SignalIntent.EXIT: return self._exit_for_signal(signal)
+    if self.paper_venues and signal.symbol not in self.marks:   # a paper venue prices only from the session's data
+        return self._reject(signal, [f"symbol: no market price for {signal.symbol} yet: the session has no data for it"], field='symbol')
     deployed = self.exposure_rows()
     decision = self.risk.validate(signal, self.risk_state(signal, deployed))
     if not decision.approved: return self._reject(signal, decision.reasons, field=_culprit(decision.reasons))
