@@ -256,7 +256,7 @@ OPTION_PARAMETERS = {'mode': 'mode', 'duration': 'duration', 'exchanges': 'excha
 
 def run_parameters(a:argparse.Namespace) -> dict:
     "The papermill parameters for `trader run`'s options: only those given (the notebook has the defaults)."
-    p = {param: getattr(a, opt) for opt, param in OPTION_PARAMETERS.items() if getattr(a, opt) not in (None, False)}
+    p = {param: v for opt, param in OPTION_PARAMETERS.items() if (v := getattr(a, opt)) is not None and v is not False}   # 0 is a value
     if a.live: p['mode'] = 'live'
     for name, text in a.parameter: p[name] = _literal(text)
     return p
@@ -353,7 +353,8 @@ def main(argv:list[str]|None=None) -> int:
     "The `trader` command; 2 and one line on stderr for a mistake in what it was given."
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in COMMANDS and argv[0] not in ('-h', '--help'): argv = ['run', *argv]
-    a = parser().parse_args(argv)
+    try: a = parser().parse_args(argv)
+    except SystemExit as e: return e.code   # argparse has said what was wrong (or printed the help)
     try: return COMMANDS[a.command](a)
     except ParameterError as e:
         print(f"trader {a.command}: {e.describe(e.option or e.name)}", file=sys.stderr); return 2

@@ -196,6 +196,8 @@ async def execute_signal(self, signal, allocation_size:float|None=None) -> Execu
     try: signal = self.as_signal(signal)
     except SignalError as e: return self._reject(None, [str(e)], raw=signal, field=e.field)
     if signal.intent is SignalIntent.EXIT: return self._exit_for_signal(signal)
+    if signal.strategy not in self.portfolio.allocations:
+        return self._reject(signal, [f"strategy: {signal.strategy!r} is not registered; registered: {sorted(self.portfolio.allocations)}"], field='strategy')
     if self.paper_venues and signal.symbol not in self.marks:   # a paper venue prices only from the session's data
         return self._reject(signal, [f"symbol: no market price for {signal.symbol} yet: the session has no data for it"], field='symbol')
     deployed = self.exposure_rows()
@@ -203,8 +205,7 @@ async def execute_signal(self, signal, allocation_size:float|None=None) -> Execu
     if not decision.approved: return self._reject(signal, decision.reasons, field=_culprit(decision.reasons))
     self.portfolio.update_deployed(deployed)
     try: size = self.portfolio.allocate(signal, decision.size, allocation_size)
-    except PortfolioError as e:
-        return self._reject(signal, decision.reasons + [f"portfolio: {e}"], field=None if signal.strategy in self.portfolio.allocations else 'strategy')
+    except PortfolioError as e: return self._reject(signal, decision.reasons + [f"portfolio: {e}"])
     if not size or size <= 0: return self._reject(signal, decision.reasons + [f"portfolio: no capital left for strategy {signal.strategy!r}"])
     key = id(signal)   # the capital is taken before the first await: a signal behind this one sees it deployed
     self._working_entries[key] = (signal.symbol, signal.strategy, signal.side.value, size * (self.marks.get(signal.symbol) or signal.entry))
@@ -229,8 +230,8 @@ async def _execute_entry(self, signal:Signal, size:float, reasons:list[str]) -> 
     venue = signal.exchange if signal.exchange in self.orders.clients else None
     try:
         amount = await self._fit_to_cash(signal, venue, self.venue_amount(signal.symbol, venue, size), reasons)
-        if not amount > 0: return self._reject(signal, reasons + [f"size: {size:g} {signal.symbol} rounds to 0 at the venue's step"])
-        if why := self._untradable(signal, venue, amount): return self._reject(signal, reasons + [f"size: cut to {amount:g}, which the venue refuses: {why}"])
+        if not amount > 0: return self._reject(signal, reasons + [f"size: {size:g} {signal.symbol} rounds to 0 at the venue's step"], field='size')
+        if why := self._untradable(signal, venue, amount): return self._reject(signal, reasons + [f"size: cut to {amount:g}, which the venue refuses: {why}"], field='size')
         self._mark_latency(signal)
         parent = await self.orders.execute(signal, amount=amount, algo=signal.algo)
     except REFUSALS as e: return self._reject(signal, reasons + [f"orders: {type(e).__name__}: {e}"], field='size')
