@@ -103,6 +103,17 @@ async def test_a_bad_form_shows_the_field_and_calls_nothing(desk, change, field)
     assert 'desk-invalid' in desk.fields[field]._dom_classes
     assert spy.calls == [] and desk.engine.counts['signals'] == 0 and desk.engine.results == []
 
+async def test_a_rejection_after_the_form_outlines_the_field_it_names(desk):
+    "A stop the form accepts but the market is already through: the engine rejects it, and the desk outlines the stop."
+    await started(desk)
+    mark = desk.engine.marks['BTC/USDT']
+    desk.entry_price.value, desk.stop_price.value, desk.target_price.value = f'{mark * 1.2:.2f}', f'{mark * 1.1:.2f}', f'{mark * 1.5:.2f}'
+    desk.amount.value = '0.01'
+    r = await desk.on_submit()
+    assert r.status == 'rejected' and r.field == 'stop', r
+    assert 'desk-invalid' in desk.fields['stop']._dom_classes and 'rejected' in desk.form_result.value
+    assert await desk.engine.orders.clients['binance'].fetch_open_orders() == [] and desk.engine.positions.open_positions() == []
+
 async def test_submit_sends_the_form_as_a_signal_and_shows_the_fill(desk):
     await started(desk)
     spy = Spy(desk.engine, 'execute_signal')

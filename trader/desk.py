@@ -290,7 +290,9 @@ async def execute(self, signal) -> Any:
         avg = sum(f.price * f.amount for f in fills) / max(sum(f.amount for f in fills), 1e-300) if fills else math.nan
         msg = (f'<span class="desk-ok">{r.status}: {r.signal.side.value} {sum(f.amount for f in fills):g} {html.escape(r.signal.symbol)} '
                f'@ {_fmt(avg)} in {len(fills)} fill(s), position {r.position_id}</span>')
-    else: msg = f'<span class="desk-error">{r.status}</span>'
+    else:
+        msg = f'<span class="desk-error">{r.status}</span>'
+        if r.field in self.fields: self.fields[r.field].add_class('desk-invalid')   # a rejection names the field it was about
     reasons = ''.join(f'<li>{html.escape(x)}</li>' for x in r.reasons)
     self.form_result.value = msg + (f'<ul style="margin:2px 0;font-size:11px">{reasons}</ul>' if reasons else '')
     self.refresh(force=True)
