@@ -469,3 +469,25 @@ async def test_equity_once_flat_is_the_cash_left_after_the_exit():
     cash = (await paper.fetch_balance())['total']['USDT']
     assert eng.positions.open_positions() == [] and eng.equity() == cash
     assert marked - cash == pytest.approx(exit_fill.fee, rel=1e-9)   # exit at the last mark: the fee is the whole difference
+
+# ------------------------------------------------------------------ a journal that cannot keep a state row
+async def test_a_state_row_the_journal_cannot_commit_halts_new_entries_and_loses_nothing(tmp_path):
+    """The disk refuses position rows: the kill switch stops entries with the journal's reason, exits still go out, and once
+    the disk takes rows again the buffered ones are committed, none lost and none twice."""
+    sink, journal = CaptureSink(), Journal(tmp_path / 'j.sqlite')
+    journal.db.execute("CREATE TEMP TRIGGER full BEFORE INSERT ON events WHEN NEW.kind = 'position_opened' BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END")
+    eng, paper, clock, df, events = build(journal=journal, sink=sink)
+    await feed(eng, clock, events[:5])
+    first = await clock.run(eng.execute_signal(sig(algo='market', size=0.01)))
+    assert first.status == 'filled' and eng.risk.killed is not None and 'disk is full' in eng.risk.killed.reason
+    assert any(a.level == 'critical' and 'journal' in a.message for a in eng.alerts.history), [a.message for a in eng.alerts.history]
+    second = await clock.run(eng.execute_signal(sig(algo='market', size=0.01)))
+    assert second.status == 'rejected' and second.reasons[0].startswith('kill_switch: trading halted (journal:'), second.reasons
+    assert len(await paper.fetch_orders()) == 1                                    # the venue saw the first entry only
+    eng.positions.request_exit(first.position_id, 'exit_signal')                   # exits still pass
+    await clock.run(eng.drain(60))
+    assert not eng.positions.open_positions() and len(await paper.fetch_orders()) == 2
+    journal.db.execute('DROP TRIGGER full')
+    journal.flush()                                                               # the buffered rows go in at the next commit
+    rows = journal.db.execute("SELECT kind, key FROM events WHERE kind IN ('position_opened', 'position_fill')").fetchall()
+    assert sorted(rows) == sorted([('position_opened', first.position_id)] + [('position_fill', first.position_id)] * 2), rows

@@ -155,12 +155,21 @@ def _journal(self, kind:str, payload, key:str|None=None, ts:int|None=None):
     "Journal one row. Input stored summarised raises an alert; a state row that cannot be stored is a fault: new entries halt."
     if self.journal is None: return
     try: why = self.journal.append(kind, payload, ts=self.clock.ms() if ts is None else ts, key=key)
-    except JournalError as e:
-        log.error("%s", e); self.counts['errors'] += 1
-        return self.risk.kill(f"journal: {e}")
+    except JournalError as e: return self._journal_fault(e)
     if why is not None and self.alerts is not None: self.alerts.emit('warning', why, source='journal')
 
-for _f in (_venue_names, register_strategy, as_signal, submit, _dropped, _reject, _journal): setattr(LiveTradingEngine, _f.__name__, _f)
+def _journal_fault(self, e:JournalError):
+    "A row the journal could not keep: the kill switch stops new entries (exits still pass) and the alert says why."
+    log.error("%s", e); self.counts['errors'] += 1
+    self.risk.kill(f"journal: {e}")
+
+def _flush_journal(self):
+    "Commit what the journal holds; a failure is a fault, and the rows stay buffered for the next flush."
+    if self.journal is None: return
+    try: self.journal.flush()
+    except JournalError as e: self._journal_fault(e)
+
+for _f in (_venue_names, register_strategy, as_signal, submit, _dropped, _reject, _journal, _journal_fault, _flush_journal): setattr(LiveTradingEngine, _f.__name__, _f)
 
 # %% ../nbs/54_engine.ipynb #f9a0d85a
 def _price_of(ev) -> float|None:
@@ -682,7 +691,7 @@ async def stop_live_trading(self, grace:float=30.0):
     self._loops, self.running = [], False
     await self.update_pnl(); self.record_performance()
     self._journal('engine', {'event': 'stopped', 'mode': self.mode, 'equity': self.equity(), 'counts': dict(self.counts)})
-    if self.journal is not None: self.journal.flush()
+    self._flush_journal()
     log.info("engine stopped, equity %.2f, %s", self.equity(), self.counts)
 
 for _f in (start_live_trading, step, _run_caused, _jobs_then_caused, _exit_requested, _run_jobs, on_market_event, _on_order_update, _consume, _spawn, _start, _task_done,
@@ -704,8 +713,7 @@ async def emergency_stop(self, reason:str='emergency stop', timeout:float=60.0) 
     left = [p.id for p in self.positions.open_positions()]
     summary = {'reason': reason, 'canceled_orders': canceled, 'exit_requests': requests, 'open_positions_left': left,
                'working_orders_left': [p.id for p in self.orders.active_orders]}
-    self._journal('halt', summary)
-    if self.journal is not None: self.journal.flush()
+    self._journal('halt', summary); self._flush_journal()
     if left and self.alerts is not None: self.alerts.emit('critical', f"emergency stop left {len(left)} position(s) open: {left}", source='engine')
     return summary
 
