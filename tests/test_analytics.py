@@ -125,8 +125,12 @@ def test_record_validation_names_the_field():
         with pytest.raises(ValueError, match=msg.replace('(', r'\(')): ExecutionRecord(**{**ok, field: bad})
     with pytest.raises(ValueError, match='fill v-0 is sell BTC/USDT, the order is buy'):
         ExecutionRecord(**ok, fills=(F('v', 'sell', 1.0, 0.1),))
-    with pytest.raises(ValueError, match='cannot value a fee in BNB'):
-        implementation_shortfall(ExecutionRecord(**ok, fills=(F('v', 'buy', 1.0, 0.1, 0.01, 'BNB'),)))
+    # a fee in a third coin is charged at its mark, and is 0 while it has none (unvalued, never an exception after a fill)
+    unvalued = implementation_shortfall(ExecutionRecord(**ok, fills=(F('v', 'buy', 1.0, 0.1, 0.01, 'BNB'),)))
+    assert unvalued.fees == 0
+    fill = F('v', 'buy', 1.0, 0.1, 0.01, 'BNB')
+    valued = implementation_shortfall(ExecutionRecord(**ok, fills=(Fill(**{**{k: getattr(fill, k) for k in fill.__slots__}, 'fee_mark': 500.0}),)))
+    assert valued.fees == pytest.approx(5.0)
 
 # ---------------------------------------------------------------- the property
 

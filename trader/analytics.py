@@ -140,7 +140,7 @@ def _fee_fraction(f:Fill) -> Fraction:
     base, quote = split_symbol(f.symbol)
     if f.fee_currency in (None, quote): return Fraction(f.fee)
     if f.fee_currency == base: return Fraction(f.fee) * Fraction(f.price)
-    raise ValueError(f"fill {f.trade_id}.fee_currency: cannot value a fee in {f.fee_currency} for {f.symbol}")
+    return Fraction(f.fee) * Fraction(f.fee_mark) if f.fee_mark is not None else Fraction(0)   # a third coin's fee, at its mark (unvalued: 0)
 
 def implementation_shortfall(r:ExecutionRecord) -> ImplementationShortfall:
     "Perold / Wagner decomposition of `r`'s shortfall; parts are exact before the final float conversion."

@@ -252,6 +252,7 @@ class Fill:
     timestamp: int = 0              # ms
     liquidity: str = 'taker'        # 'maker' or 'taker'
     venue: str = 'paper'
+    fee_mark: float|None = None     # a fee in a third coin (BNB): that coin's price in the quote at the fill
 
     @property
     def cost(self) -> float:
@@ -260,11 +261,22 @@ class Fill:
 
     @property
     def fee_quote(self) -> float:
-        "The fee converted to quote currency at the fill price."
+        "The fee in quote currency: at the fill price for a base fee, at `fee_mark` for a third coin's (0 while unvalued)."
         base, quote = split_symbol(self.symbol)
         if self.fee_currency in (None, quote): return self.fee
         if self.fee_currency == base: return self.fee * self.price
-        raise ValueError(f"fill {self.trade_id}: cannot value a fee in {self.fee_currency} for {self.symbol}")
+        return self.fee * self.fee_mark if self.fee_mark is not None else 0.0
+
+    @property
+    def fee_valued(self) -> bool:
+        "Whether `fee_quote` is the fee's value: False for a third coin's fee without a mark."
+        return self.fee_currency in (None, *split_symbol(self.symbol)) or self.fee_mark is not None or not self.fee
+
+    @property
+    def received(self) -> float:
+        "What the account holds from this fill, in the fill's unit: the amount less a fee the venue took from it (a spot buy's base fee)."
+        if not self.fee or ':' in self.symbol or self.fee_currency != split_symbol(self.symbol)[0] or self.side is not Side.BUY: return self.amount
+        return self.amount - self.fee
 
 # %% ../nbs/00_core.ipynb #b943ea1a
 ORDER_TRANSITIONS: frozenset[tuple[OrderStatus, OrderStatus]] = frozenset(
@@ -466,8 +478,9 @@ class Position:
         return realized
 
     def _scale_in(self, fill):
-        total = self.amount + fill.amount
-        self.entry_price = (self.entry_price * self.amount + fill.price * fill.amount) / total
+        got = fill.received   # what the account holds: a fee taken from the coin bought is not the position's (it is charged as a fee)
+        total = self.amount + got
+        self.entry_price = (self.entry_price * self.amount + fill.price * got) / total
         self.amount = total
         return 0.0
 

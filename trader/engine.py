@@ -6,11 +6,11 @@
 from __future__ import annotations
 import asyncio, logging, math, time
 import ccxt
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from collections import deque
 from collections.abc import Callable, Mapping
-from .core import (Bar, Quote, TradeTick, BookUpdate, MarketEvent, Signal, SignalError, SignalIntent, Side, Urgency,
+from .core import (Bar, Quote, TradeTick, BookUpdate, MarketEvent, Signal, SignalError, SignalIntent, Side, Urgency, split_symbol,
                          Fill, OrderStatus, event_time)
 from .clock import Clock, SimClock, start_now
 from .config import TraderConfig
@@ -82,6 +82,8 @@ class LiveTradingEngine:
         self._submitted: dict[int, float] = {}   # id(signal) -> perf_counter at submission, for latency
         self._exit_failures: dict[str, int] = {}
         self._listed: set[tuple[str, str]] = set()   # (exchange, symbol) pairs a signal named and a venue lists
+        self.unvalued: dict[str, dict[str, float]] = {}   # venue -> coin -> amount held that no mark values (dust, delisted coins)
+        self._converted: dict[str, float] = {}   # CUR/QUOTE -> clock time its conversion mark was fetched
         self._working_entries: dict[int, tuple] = {}   # entries approved and not yet done: (symbol, strategy, side, notional) rows
         self._last_trip: str|None = None
         self._strategy_start: dict[str, float] = {}   # strategy -> its capital when it started trading
@@ -135,9 +137,7 @@ def submit(self, signal) -> ExecutionResult|None:
     if self.queue.put(sig, wake=not self._stepping) is None: return None   # a simulation step takes its own signals
     return self.results[-1]   # the queue refused it: `_dropped` has just rejected it
 
-def _stamped(sig:Signal, ts:int) -> Signal:
-    from dataclasses import replace
-    return replace(sig, timestamp=ts)
+def _stamped(sig:Signal, ts:int) -> Signal: return replace(sig, timestamp=ts)
 
 def _dropped(self, signal:Signal, reason:str):
     self._reject(signal, [f"queue: {reason}"], field='client_id' if reason.startswith('duplicate') else None)
@@ -254,14 +254,37 @@ async def _execute_entry(self, signal:Signal, size:float, reasons:list[str]) -> 
     r = ExecutionResult(signal, 'filled' if parent.remaining <= 0 else 'partial', reasons, amount, parent)
     if parent.filled > 0:
         self.risk.record_success()
-        pos = self.positions.open_position(signal, parent, exit_policy=getattr(self.strategies.get(signal.strategy), 'exit_policy', None),
+        fills = await self._valued_fees(parent.fills, venue)
+        pos = self.positions.open_position(signal, fills, exit_policy=getattr(self.strategies.get(signal.strategy), 'exit_policy', None),
                                            contract_size=self.contract_size(signal.symbol, venue))
         r.position_id = pos.id
         self._journal('position_opened', position_record(pos, stop=signal.stop, target=signal.target), key=pos.id)
-        for f in parent.fills: self._journal('position_fill', f, key=pos.id)
+        for f in fills: self._journal('position_fill', f, key=pos.id)
     self.results.append(r)
     if self.halted and r.position_id: self.positions.request_exit(r.position_id, 'emergency')   # filled during an emergency stop
     return r
+
+async def _valued_fees(self, fills:list[Fill], venue:str|None) -> list[Fill]:
+    "`fills`, a fee in a third coin (BNB) given that coin's mark: the feed's, else the venue's ticker; unvalued with a warning if neither."
+    out = []
+    for f in fills:
+        if f.fee_valued: out.append(f); continue
+        sym = f"{f.fee_currency}/{split_symbol(f.symbol)[1]}"
+        px = self.marks.get(sym) or await self._fetch_mark(sym, venue)
+        if px is None:
+            log.warning("fill %s: its fee of %g %s has no mark; it stays unvalued", f.trade_id, f.fee, f.fee_currency)
+            if self.alerts is not None: self.alerts.emit('warning', f"fee of {f.fee:g} {f.fee_currency} on {f.symbol} unvalued: no {sym} mark", source='engine')
+        out.append(f if px is None else replace(f, fee_mark=px))
+    return out
+
+async def _fetch_mark(self, symbol:str, venue:str|None) -> float|None:
+    "The venue's last price of `symbol` (kept in the marks), or None when it does not list it or cannot say."
+    c = self._client(venue, symbol)
+    if c is None or symbol not in (c.markets or {}): return None
+    try: px = float((await c.fetch_ticker(symbol))['last'])
+    except Exception as e: log.warning("no mark for %s: %s: %s", symbol, type(e).__name__, e); return None
+    self.marks[symbol], self._converted[symbol] = px, self.clock.time()
+    return px
 
 def _untradable(self, signal:Signal, venue:str|None, amount:float) -> str|None:
     "Why the venue would refuse `amount` at the current price (under its minimum amount or notional), or None."
@@ -320,7 +343,7 @@ def _mark_latency(self, signal:Signal):
     t0 = self._submitted.pop(id(signal), None)
     if t0 is not None: self.latencies.append(time.perf_counter() - t0)
 
-for _f in (execute_signal, exposure_rows, _exit_for_signal, _execute_entry, _untradable, _failed, _unfilled, _fit_to_cash, _mark_latency): setattr(LiveTradingEngine, _f.__name__, _f)
+for _f in (execute_signal, exposure_rows, _exit_for_signal, _execute_entry, _valued_fees, _fetch_mark, _untradable, _failed, _unfilled, _fit_to_cash, _mark_latency): setattr(LiveTradingEngine, _f.__name__, _f)
 
 # %% ../nbs/54_engine.ipynb #c270d8c9
 def _client(self, venue:str|None, symbol:str):
@@ -378,7 +401,7 @@ for _f in (_client, contract_size, venue_amount, _round_base, equity, _risk_numb
 async def _on_exit_request(self, req:ExitRequest):
     pos = self.positions.positions.get(req.position_id)
     venue = req.venue if req.venue in self.orders.clients else (pos.venue if pos is not None and pos.venue in self.orders.clients else None)
-    amount = self._exit_amount(req.symbol, venue, req.amount)
+    amount = await self._exit_size(req, venue)
     if not amount > 0: return self._write_off_dust(req, pos)
     algo = self.config.emergency.emergency_close_method if req.reason == 'emergency' else 'market'
     request = OrderRequest(req.symbol, req.side, amount, algo=algo, venue=venue, strategy=getattr(pos, 'strategy', 'manual'),
@@ -402,13 +425,25 @@ def _exit_amount(self, symbol:str, venue:str|None, amount:float) -> float:
     try: return float(c.amount_to_precision(symbol, float(f"{amount:.12g}")))
     except Exception: return 0.0
 
+async def _exit_size(self, req:ExitRequest, venue:str|None) -> float:
+    "What an exit can send: the position on the venue's grid, a spot sell no more than the coin free there; 0 below the market's minimums (dust)."
+    c = self._client(venue, req.symbol)
+    m = (c.markets or {}).get(req.symbol) or {} if c is not None else {}
+    amount = req.amount
+    if m and req.side is Side.SELL and not m.get('contract'): amount = min(amount, await c.fetch_free(m['base']))
+    amount = self._exit_amount(req.symbol, venue, amount)
+    if amount > 0 and c is not None:
+        try: c.check_order(req.symbol, req.side.value, amount, self.marks.get(req.symbol) or req.trigger_price)
+        except ccxt.InvalidOrder: return 0.0
+    return amount
+
 def _write_off_dust(self, req:ExitRequest, pos):
-    "A remainder below the venue's step cannot be sold: book it closed at the mark as dust, and say so."
+    "A remainder the venue will not take (below its step, minimum amount or notional, or not free) is booked closed at the mark as dust, once."
     price = self.marks.get(req.symbol) or req.trigger_price
     self.positions.close_position(req.position_id, price, 'dust')
     self._journal('position_dust', {'position': req.position_id, 'amount': req.amount, 'price': price}, key=req.position_id)
     self._record_closed(pos)
-    log.info("position %s: %g %s below the venue's step, written off as dust", req.position_id, req.amount, req.symbol)
+    log.info("position %s: %g %s below the venue's minimums, written off as dust", req.position_id, req.amount, req.symbol)
 
 def _exit_failed(self, req:ExitRequest, why:str):
     "Retry a failed exit after a backoff (10 s doubling to an hour) on the clock; alert on the third failure."
@@ -457,7 +492,7 @@ def _record_closed(self, pos):
         self.performance.record_trade(pos.realized_pnl, pos.strategy, pos.opened_at, pos.closed_at, symbol=pos.symbol,
                                       side=pos.side.value, fees=pos.fees_paid)
 
-for _f in (_on_exit_request, _exit_amount, _write_off_dust, _exit_failed, _retry_exit_after, _on_execution_event, _recorded, _on_risk_event, _record_closed): setattr(LiveTradingEngine, _f.__name__, _f)
+for _f in (_on_exit_request, _exit_size, _exit_amount, _write_off_dust, _exit_failed, _retry_exit_after, _on_execution_event, _recorded, _on_risk_event, _record_closed): setattr(LiveTradingEngine, _f.__name__, _f)
 
 # %% ../nbs/54_engine.ipynb #4d690477
 def _intervals(self) -> dict[str, float]:
@@ -482,6 +517,20 @@ def _must_fetch(self) -> bool:
 
 async def _fetch_balances(self):
     self.take_balances({name: await c.fetch_balance() for name, c in self.orders.clients.items()})
+    await self._fetch_conversion_marks()
+
+async def _fetch_conversion_marks(self, every:float=60.0):
+    "Marks for held coins no feed prices (`CUR/QUOTE` tickers of the venue that holds them), fetched at most every `every` seconds."
+    now = self.clock.time()
+    for venue, held in (self._holdings or {}).items():
+        c = self.orders.clients.get(venue)
+        for cur in held:
+            sym = f"{cur}/{self.quote}"
+            if cur == self.quote or c is None or sym not in (c.markets or {}) or now - self._converted.get(sym, -math.inf) < every: continue
+            if sym in self.marks and sym not in self._converted: continue   # a traded symbol: its feed marks it
+            self._converted[sym] = now
+            try: self.marks[sym] = float((await c.fetch_ticker(sym))['last'])
+            except Exception as e: log.warning("no mark for %s from %s: %s: %s", sym, venue, type(e).__name__, e)
 
 def take_balances(self, balances:Mapping[str, Mapping]):
     "Use `balances` (venue -> ccxt balance, as fetched now) for equity until the next fill."
@@ -493,8 +542,15 @@ def take_holdings(self, held:Mapping[str, Mapping[str, float]]):
     self._balances_stale, self._only_quote = False, not self.positions.holds_contracts() and _only(self._holdings, self.quote)
 
 def holdings_value(self) -> float:
-    "The holdings taken last, valued at the marks."
-    return sum(value_holdings(held, self.marks, self.quote, venue) for venue, held in self._holdings.items())
+    "The holdings taken last, valued at the marks; coins without a mark are listed in `unvalued` (venue -> coin -> amount) and left out."
+    unvalued = {venue: {} for venue in self._holdings}
+    value = sum(value_holdings(held, self.marks, self.quote, venue, unvalued[venue]) for venue, held in self._holdings.items())
+    unvalued = {v: u for v, u in unvalued.items() if u}
+    if unvalued != self.unvalued:
+        if new := sorted({f"{c} on {v}" for v, u in unvalued.items() for c in u} - {f"{c} on {v}" for v, u in self.unvalued.items() for c in u}):
+            log.warning("equity leaves out holdings without a mark: %s", ', '.join(new))
+        self.unvalued = unvalued
+    return value
 
 def _revalue(self):
     "Equity from the last balances at the marks (nothing to do when it is all cash and was valued since those balances came)."
@@ -574,7 +630,7 @@ def _job_failed(self, job:str, e:Exception):
     self.counts['errors'] += 1; log.exception("monitoring job %s failed", job)
     if self.alerts is not None: self.alerts.emit('warning', f"monitoring job {job} failed: {type(e).__name__}: {e}", source='engine')
 
-for _f in (_intervals, check_positions, update_pnl, _must_fetch, _fetch_balances, take_balances, take_holdings, holdings_value, _revalue, check_risk, record_performance, run_due,
+for _f in (_intervals, check_positions, update_pnl, _must_fetch, _fetch_balances, _fetch_conversion_marks, take_balances, take_holdings, holdings_value, _revalue, check_risk, record_performance, run_due,
            _take_due, _run_jobs_now, _run_job, _run_job_sync, _job_failed, record_equity_point, strategy_equity, record_strategy_equity, _start_strategies): setattr(LiveTradingEngine, _f.__name__, _f)
 
 # %% ../nbs/54_engine.ipynb #a5470035

@@ -49,12 +49,15 @@ def holdings(balances:Mapping) -> dict[str, dict[str, float]]:
         out[venue] = {cur: amt for cur, amt in balance_totals(bal).items() if amt}
     return out
 
-def value_holdings(held:Mapping[str, float], marks:Mapping[str, float], quote:str='USDT', venue:str='default') -> float:
+def value_holdings(held:Mapping[str, float], marks:Mapping[str, float], quote:str='USDT', venue:str='default',
+                   unvalued:dict[str, float]|None=None) -> float:   # given: currencies without a mark go here instead of raising
     "The value in `quote` of currency -> amount at `marks`."
     total = 0.0
     for cur, amt in held.items():
         px = mark_of(cur, marks, quote)
-        if px is None: raise PortfolioError(f"no mark for {cur} (total {amt:g} on {venue}); give marks[{cur!r}] or marks['{cur}/{quote}']")
+        if px is None:
+            if unvalued is None: raise PortfolioError(f"no mark for {cur} (total {amt:g} on {venue}); give marks[{cur!r}] or marks['{cur}/{quote}']")
+            unvalued[cur] = amt; continue
         total += amt * px
     return total
 
