@@ -83,7 +83,7 @@ async def test_balance_refusals_quote_the_same_free_amount_as_fetch_balance():
     assert msgs[1] == 'order.balance: needs 0.02 BTC free on binance, has 0.01'
 
 class SlowToAnswer(PaperExchange):
-    "A zero-latency venue whose first request times out before reaching the book: the client waits, then retries."
+    "A zero-latency venue whose first request times out before reaching the book: unresolved, proven absent, re-sent under a new id."
     failures = 1
     async def create_order(self, *args, **kw):
         if self.failures: self.failures -= 1; raise ccxt.RequestTimeout('no answer')
@@ -107,7 +107,8 @@ async def test_an_inline_start_that_must_wait_still_completes():
     feed(paper, manager, bar(0, 60_000.0))
     p = await clock.run(manager.execute(OrderRequest(SYMBOL, 'buy', 0.1), algo='market'))
     assert (p.status, p.filled, len(await paper.fetch_orders())) == ('completed', 0.1, 1)
-    assert manager.clients['binance'].retries == 1 and manager._tasks == {}
+    assert manager.clients['binance'].errors['RequestTimeout'] == 1 and manager._tasks == {}
+    assert [c.status for c in p.children] == ['rejected', 'filled'] and len({c.client_order_id for c in p.children}) == 2
 
 async def test_parent_to_dict_matches_its_properties():
     clock, paper, manager = make()

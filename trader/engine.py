@@ -17,7 +17,7 @@ from .config import TraderConfig
 from .queue import SignalQueue
 from .store import JournalError, order_record, encode_order_event, position_record
 from .websocket import OrderUpdate
-from .orders import OrderRequest, ExecutionFilled, ExecutionCompleted, ChildOrderSubmitted, ChildOrderUpdated, OrderValidationError
+from .orders import OrderRequest, ExecutionFilled, ExecutionCompleted, ChildOrderSubmitted, ChildOrderUpdated, ChildOrderUnresolved, OrderValidationError
 from .portfolio import PortfolioError
 from .positions import ExitRequest
 from .risk import RiskState
@@ -207,6 +207,8 @@ async def execute_signal(self, signal, allocation_size:float|None=None) -> Execu
     if signal.intent is SignalIntent.EXIT: return self._exit_for_signal(signal)
     if signal.strategy not in self.portfolio.allocations:
         return self._reject(signal, [f"strategy: {signal.strategy!r} is not registered; registered: {sorted(self.portfolio.allocations)}"], field='strategy')
+    if unresolved := self.orders.unresolved_on(signal.symbol):
+        return self._reject(signal, [f"orders: {', '.join(o.client_order_id for o in unresolved)} on {signal.symbol} has an unknown fate; no new entry until it resolves"])
     if self.paper_venues and signal.symbol not in self.marks:   # a paper venue prices only from the session's data
         return self._reject(signal, [f"symbol: no market price for {signal.symbol} yet: the session has no data for it"], field='symbol')
     deployed = self.exposure_rows()
@@ -461,6 +463,9 @@ def _on_execution_event(self, ev):
     if isinstance(ev, (ExecutionFilled, ExecutionCompleted)): self._balances_stale = True
     if isinstance(ev, ChildOrderSubmitted): self._journal('order_submitted', order_record(ev.order), key=ev.order.client_order_id)
     elif isinstance(ev, ChildOrderUpdated): self._journal('order_event', encode_order_event(ev.event), key=ev.event.client_order_id)
+    elif isinstance(ev, ChildOrderUnresolved):
+        self._journal('order_unresolved', {'order': ev.order.client_order_id, 'symbol': ev.order.symbol, 'cause': ev.cause}, key=ev.order.client_order_id)
+        if self.alerts is not None: self.alerts.emit('warning', f"order {ev.order.client_order_id} on {ev.order.symbol}: fate unknown ({ev.cause}); looking it up", source='orders')
     elif isinstance(ev, ExecutionCompleted):
         p = ev.parent
         if not self._recorded(p): self._journal('parent_order', p.to_dict(), key=p.id)

@@ -5,6 +5,7 @@
 # %% ../nbs/04_exchange.ipynb #03816c60
 from __future__ import annotations
 import json, logging, math, os, re
+from dataclasses import dataclass
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,9 @@ from .core import TraderError
 from .clock import Clock, WallClock
 
 # %% auto #0
-__all__ = ['KEY_FIELDS', 'RATE_LIMITED', 'key_env_names', 'load_keys', 'RedactSecrets', 'connect_exchange', 'order_cost',
-           'type_name', 'may_have_reached_venue', 'OrderFateUnknown', 'ExchangeClient']
+__all__ = ['KEY_FIELDS', 'RATE_LIMITED', 'VENUE_FACTS', 'UNKNOWN_VENUE', 'key_env_names', 'load_keys', 'RedactSecrets',
+           'connect_exchange', 'order_cost', 'type_name', 'may_have_reached_venue', 'OrderFateUnknown', 'VenueFacts',
+           'venue_facts', 'ExchangeClient']
 
 # %% ../nbs/04_exchange.ipynb #20a9a374
 KEY_FIELDS = {'API_KEY': 'apiKey', 'SECRET': 'secret', 'PASSWORD': 'password'}
@@ -118,14 +120,33 @@ RATE_LIMITED = (ccxt.RateLimitExceeded, ccxt.DDoSProtection)
 def type_name(e:Exception) -> str: return type(e).__name__
 
 def may_have_reached_venue(error:Exception) -> bool:
-    "True when a failed request may still have been executed (a timeout, a dropped connection, a 5xx)."
+    "True when a failed request may still have been executed: a timeout, a dropped connection, a 5xx, an 'unknown status' answer (Binance -1007)."
+    if isinstance(error, ccxt.BadResponse): return True
     return isinstance(error, ccxt.NetworkError) and not isinstance(error, RATE_LIMITED + (ccxt.InvalidNonce,))
 
 class OrderFateUnknown(TraderError):
-    "An order whose request may have reached the venue, and which could not be looked up: reconcile it later."
+    "An order whose request may have reached the venue and that no lookup has found yet: unresolved, never re-sent under its id."
     def __init__(self, client_order_id:str, symbol:str, cause:Exception):
         self.client_order_id, self.symbol, self.cause = client_order_id, symbol, cause
-        super().__init__(f"order {client_order_id} on {symbol}: fate unknown, lookup failed with {type(cause).__name__}: {cause}")
+        super().__init__(f"order {client_order_id} on {symbol}: fate unknown after {type(cause).__name__}: {cause}")
+
+@dataclass(frozen=True)
+class VenueFacts:
+    "What a venue promises about our orders, the facts reconciliation rests on."
+    client_ids_unique: str        # 'open': a client order id is unique among open orders only; '24h'; 'forever'
+    acceptance_window: float      # seconds after a send past which the venue no longer accepts that request
+
+VENUE_FACTS = {
+    'binance': VenueFacts('open', 11.0),   # newClientOrderId: unique among open orders; a request older than recvWindow (ccxt: 10 s) is refused, +1 s of clock
+    'bybit': VenueFacts('open', 6.0),      # orderLinkId: unique among open orders; recv_window 5 s
+    'okx': VenueFacts('open', 6.0),        # clOrdId: unique among pending orders; expTime / 5 s
+    'kucoinfutures': VenueFacts('24h', 6.0),
+}
+UNKNOWN_VENUE = VenueFacts('open', 60.0)   # the cautious default: ids reusable once closed, a minute before 'absent' means absent
+
+def venue_facts(exchange_id:str) -> VenueFacts:
+    "The `VenueFacts` of `exchange_id` (the cautious default for a venue not listed)."
+    return VENUE_FACTS.get(exchange_id, UNKNOWN_VENUE)
 
 # %% ../nbs/04_exchange.ipynb #7e4bbe4a
 class ExchangeClient:
@@ -155,6 +176,11 @@ class ExchangeClient:
     def markets(self) -> dict|None: return self.exchange.markets
     @property
     def has(self) -> dict: return getattr(self.exchange, 'has', {}) or {}
+    @property
+    def acceptance_window(self) -> float:
+        "Seconds after a send past which the venue refuses that request: ccxt's `recvWindow` option plus 1 s of clock where it sends one, else `venue_facts`."
+        recv = (getattr(self.exchange, 'options', None) or {}).get('recvWindow')
+        return recv / 1000 + 1.0 if isinstance(recv, (int, float)) and recv > 0 else venue_facts(self.id).acceptance_window
 
     def __repr__(self):
         n = len(self.markets or {})
@@ -263,6 +289,10 @@ async def fetch_my_trades(self:ExchangeClient, symbol:str|None=None, since:int|N
     return await self._call('fetch_my_trades', symbol, since, limit, dict(params or {}))
 
 @patch
+async def fetch_order_trades(self:ExchangeClient, id:str, symbol:str|None=None, since:int|None=None, limit:int|None=None, params:dict|None=None) -> list[dict]:
+    return await self._call('fetch_order_trades', id, symbol, since, limit, params or {})
+
+@patch
 async def fetch_balance(self:ExchangeClient, params:dict|None=None) -> dict:
     "Balances: ccxt's structure with `free`, `used`, `total` per currency."
     return await self._call('fetch_balance', dict(params or {}))
@@ -347,7 +377,7 @@ def _client_id(client_order_id:str|None, params:dict|None) -> str:
 @patch
 async def create_order(self:ExchangeClient, symbol:str, type:str, side:str, amount:float, price:float|None=None,
                        params:dict|None=None, *, client_order_id:str|None=None) -> dict:
-    "Place an order under `client_order_id`, retrying transient faults without ever placing it twice."
+    "Place an order under `client_order_id`: re-sent only after answers that prove it was refused; `OrderFateUnknown` when it may be on the venue."
     cid = _client_id(client_order_id, params)
     request, attempt = {**(params or {}), 'clientOrderId': cid}, 0
     while True:
@@ -355,17 +385,16 @@ async def create_order(self:ExchangeClient, symbol:str, type:str, side:str, amou
         try: return await self.exchange.create_order(symbol, type, side, amount, price, dict(request))
         except ccxt.BaseError as e:
             self.errors[type_name(e)] += 1
-            if not isinstance(e, ccxt.NetworkError): raise
-            if attempt > self.max_retries: return await self._last_chance(cid, symbol, e)
+            if may_have_reached_venue(e): return await self._found_or_unresolved(cid, symbol, e)
+            if not isinstance(e, ccxt.NetworkError) or attempt > self.max_retries: raise
             await self._wait_before_retry('create_order', attempt, e)
-            if may_have_reached_venue(e) and (order := await self.reconcile(cid, symbol)) is not None:
-                self.recovered_orders += 1
-                self.log.warning(f"{self.id} create_order {cid}: found on the venue after {type_name(e)}, not re-sent")
-                return order
 
 @patch
-async def _last_chance(self:ExchangeClient, cid:str, symbol:str, error:Exception) -> dict:
-    "Out of retries: return the order if the last attempt placed it after all, else raise `error`."
-    if may_have_reached_venue(error) and (order := await self.reconcile(cid, symbol)) is not None:
-        self.recovered_orders += 1; return order
-    raise error
+async def _found_or_unresolved(self:ExchangeClient, cid:str, symbol:str, error:Exception) -> dict:
+    "After a create that may have reached the venue: its order if one lookup finds it, else `OrderFateUnknown`."
+    try: order = await self.reconcile(cid, symbol)
+    except OrderFateUnknown: order = None
+    if order is None: raise OrderFateUnknown(cid, symbol, error) from error
+    self.recovered_orders += 1
+    self.log.warning(f"{self.id} create_order {cid}: found on the venue after {type_name(error)}, not re-sent")
+    return order

@@ -25,8 +25,9 @@ from fastcore.basics import patch
 # %% auto #0
 __all__ = ['PARENT_TRANSITIONS', 'PARENT_TERMINAL', 'OrderValidationError', 'UnknownParentOrder', 'ParentStatus',
            'ParentStateError', 'ParentOrder', 'ExecutionEvent', 'ExecutionFilled', 'SlippageBreached',
-           'ChildOrderSubmitted', 'ChildOrderUpdated', 'ExecutionCompleted', 'MarketView', 'RouteQuote', 'route_quote',
-           'best_venue', 'execution_statistics', 'OrderRequest', 'ExecutionContext', 'SmartOrderManager']
+           'ChildOrderSubmitted', 'ChildOrderUnresolved', 'ChildOrderUpdated', 'ExecutionCompleted', 'MarketView',
+           'RouteQuote', 'route_quote', 'best_venue', 'execution_statistics', 'OrderRequest', 'ExecutionContext',
+           'SmartOrderManager']
 
 # %% ../nbs/10_orders.ipynb #b8557378
 class OrderValidationError(TraderError, ValueError):
@@ -199,6 +200,12 @@ class ChildOrderSubmitted(ExecutionEvent):
     order: Order = None
 
 @dataclass(frozen=True)
+class ChildOrderUnresolved(ExecutionEvent):
+    "A child whose create may have reached the venue but that no lookup has found: no new entry on its symbol until it resolves."
+    order: Order = None
+    cause: str = ''
+
+@dataclass(frozen=True)
 class ChildOrderUpdated(ExecutionEvent):
     "An event applied to a child order's state machine."
     event: OrderEvent = None
@@ -330,6 +337,7 @@ class ExecutionContext:
         self.immediate = self.paper is not None and self.paper.immediate  # ... that answers at once, without awaiting the clock
         self._lean = {} if self.paper is None else {'leanReport': True}
         self._heard: dict[str, float] = {}   # child's client order id -> clock time of the last report applied (pushed or fetched)
+        self._resends: set[str] = set()      # children sent again after an unresolved one was proven absent (never re-sent themselves)
         self._wake, self._woken = None, False
 
     @property
@@ -366,12 +374,22 @@ class ExecutionContext:
         params = {'clientOrderId': cid, **self._lean} | ({} if tif == 'GTC' else {'timeInForce': tif})
         placing = self.manager._placing; placing.add(cid)
         try: report = await self.client.create_order(p.symbol, type, p.side.value, amount, price, params)
-        except OrderFateUnknown as e: self.manager.log.warning(f"{p.id}: {e}; will reconcile"); return child
+        except OrderFateUnknown as e: return self._unresolved(child, e)
         except ccxt.BaseError as e:
             child.apply(OrderRejected(cid, self.now(), reason=f"{type_name(e)}: {e}")); return child
         finally: placing.discard(cid)
-        self.update(child, report)
+        self.update(child, await self._with_trades(child, report))
         return child
+
+    async def _with_trades(self, child:Order, report:dict) -> dict:
+        "A report showing new fills without their trades or fee (an order looked up on Binance) gets the order's trades, which carry the fees."
+        new = _num(report.get('filled')) - child.filled
+        if new <= 0 or report.get('trades') or (report.get('fee') or {}).get('cost') is not None or not self.client.has.get('fetchOrderTrades'): return report
+        try: trades = await self.client.fetch_order_trades(report['id'], child.symbol)
+        except ccxt.BaseError as e:
+            self.manager.log.warning(f"{self.parent.id} {child.client_order_id}: its trades could not be fetched ({type_name(e)}: {e}); fees unknown")
+            return report
+        return {**report, 'trades': trades}
 
     def update(self, child:Order, report:dict) -> None:
         "Apply a venue report to `child`; publish and queue its new fills."
@@ -380,13 +398,32 @@ class ExecutionContext:
             self.new_fills.append((child, fill))
             self.manager._emit(ExecutionFilled(self.parent.id, fill.timestamp, fill, self.parent.strategy, self.parent.venue))
 
+    def _unresolved(self, child:Order, e:OrderFateUnknown) -> Order:
+        "A child whose create may have reached the venue: tracked as unresolved, looked up at every poll, never re-sent under its id."
+        self.manager.unresolved[child.client_order_id] = child
+        self.manager.log.warning(f"{self.parent.id}: {e}; unresolved, looked up until found or proven absent")
+        self.manager._emit(ChildOrderUnresolved(self.parent.id, self.now(), child, str(e.cause)))
+        return child
+
     async def refresh(self, child:Order) -> None:
-        "Bring one working child up to date from the venue."
+        "Bring one working child up to date from the venue; an unresolved one is looked up, and re-sent once when proven absent."
         if child.venue_order_id is None:
             report = await self.client.reconcile(child.client_order_id, child.symbol)
-            if report is None: child.apply(OrderRejected(child.client_order_id, self.now(), reason='not found on the venue')); return
+            if report is None: return await self._absent(child)
+            self.manager.unresolved.pop(child.client_order_id, None)
         else: report = await self.client.fetch_order(child.venue_order_id, child.symbol)
-        self.update(child, report)
+        self.update(child, await self._with_trades(child, report))
+
+    async def _absent(self, child:Order) -> None:
+        "No lookup finds `child`: once the venue's acceptance window has passed it never reached the venue; re-sent once under a new id."
+        window = self.client.acceptance_window
+        if child.client_order_id in self.manager.unresolved and self.clock.ms() < child.created_at + window * 1000: return   # may still land
+        resend = self.manager.unresolved.pop(child.client_order_id, None) is not None and child.client_order_id not in self._resends
+        child.apply(OrderRejected(child.client_order_id, self.now(), reason=f"never reached the venue (absent {window:g} s after sending)"))
+        if resend and not self.parent.is_terminal:
+            again = await self.place(child.amount, str(child.type), child.price, str(child.time_in_force))
+            self._resends.add(again.client_order_id)
+            self.manager.log.warning(f"{self.parent.id}: {child.client_order_id} proven absent; re-sent once as {again.client_order_id}")
 
     async def sync(self) -> None:
         "Bring every working child up to date; on a venue that pushes its updates, only those it was quiet about for `poll_interval` or last heard of before its stream's last break."
@@ -474,6 +511,7 @@ class SmartOrderManager:
         self._algos, self._tasks, self._subscribers, self._n = {}, {}, [], 0
         self._children: dict[str, tuple[ExecutionContext, Order]] = {}   # client order id -> its parent's context and the child, until the parent ends
         self._placing: set[str] = set()                 # children whose create request is in flight: its answer brings them up to date
+        self.unresolved: dict[str, Order] = {}          # client order id -> a child whose fate is unknown (see `ExecutionContext.refresh`)
         self._streams: dict[str, Callable[[], float|None]] = {}   # venue -> since when its pushed order updates have flowed (None: not now)
         for name, c in self.clients.items():
             if isinstance(c.exchange, PaperExchange): self._listen_to_paper(name, c.exchange)
@@ -483,6 +521,9 @@ class SmartOrderManager:
 
     @property
     def active_orders(self) -> list[ParentOrder]: return [p for p in self.parents.values() if not p.is_terminal]
+    def unresolved_on(self, symbol:str) -> list[Order]:
+        "Children on `symbol` whose fate is unknown (sent, and not yet found or proven absent)."
+        return [o for o in self.unresolved.values() if o.symbol == symbol and o.is_working]
     def get_order(self, parent_id:str) -> ParentOrder:
         "The parent order `parent_id`."
         if parent_id not in self.parents: raise UnknownParentOrder(parent_id)

@@ -463,10 +463,11 @@ async def trade(self:BinanceSpotServer, symbol:str, price, qty=1) -> list[VenueO
 @patch
 async def start(self:BinanceSpotServer) -> int:
     "Serve on 127.0.0.1; the port."
+    async def rest(request): return await _handler(self, request)
+    async def stream(request): return await _websocket(self, request)
     app = web.Application()
-    app.router.add_route('*', '/{tail:(api|sapi|fapi|dapi)/.*}', lambda r: _handler(self, r))
-    app.router.add_get('/ws', lambda r: _websocket(self, r))
-    app.router.add_get('/ws/{rest:.*}', lambda r: _websocket(self, r))
+    app.router.add_route('*', '/{tail:(api|sapi|fapi|dapi)/.*}', rest)
+    app.router.add_get('/ws', stream); app.router.add_get('/ws/{rest:.*}', stream)
     self._runner = web.AppRunner(app, handle_signals=False)
     await self._runner.setup()
     site = web.TCPSite(self._runner, '127.0.0.1', self.port)

@@ -1,0 +1,105 @@
+"""Live mode against `trader.venue_server.BinanceSpotServer` with an unmodified `ccxt.binance` (keys, signatures and
+all), built by `connect_exchange`. Outcomes are counted on the server: the orders it holds, its balances, its requests."""
+import asyncio
+from decimal import Decimal as D
+import pytest
+from trader.config import build_config
+from trader.coordinator import ProductionCoordinator
+from trader.exchange import connect_exchange
+from trader.venue_server import BinanceSpotServer, Fault
+
+KEYS = {'apiKey': 'test-key', 'secret': 'test-secret'}
+
+class Manual:
+    "A registered strategy that trades only what is submitted to it."
+    def __init__(self, symbols): self.symbols, self.exit_policy = symbols, None
+
+async def live_session(server:BinanceSpotServer, symbols=('BTC/USDT',), timeout_ms:int=10_000, recv_window:int|None=None):
+    ex = server.point(connect_exchange('binance', keys=KEYS, config={'timeout': timeout_ms}))
+    if recv_window: ex.options['recvWindow'] = recv_window
+    c = ProductionCoordinator(build_config({'mode': 'live', 'execution': {'default_execution_algo': 'market'}}), confirm_live=True, regimes=False)
+    eng = await c.initialize_production_system({'binance': ex}, {'equity_usd': 10_000})
+    c.register_strategy('manual', Manual(list(symbols)), 0.9)
+    await eng.start_live_trading('live')
+    eng.marks.update({s: float(server.account.last[s.replace('/', '')]) for s in symbols})   # the feed's prices (the live feed is not under test here)
+    return c, eng, ex
+
+def buy(size, px=60_000.0, symbol='BTC/USDT'):
+    return {'symbol': symbol, 'side': 'buy', 'entry': px, 'stop': px * 0.98, 'target': px * 1.04, 'strategy': 'manual',
+            'exchange': 'binance', 'size': size, 'algo': 'market'}
+
+def held(server, asset): free, locked = server.account.balance(asset); return free + locked
+
+async def test_start_up_on_an_account_with_dust_and_coins_no_feed_prices():
+    async with BinanceSpotServer({'USDT': 10_000, 'BTC': '0.01', 'BNB': '0.00042', 'TRX': '3'}) as s:
+        await s.trade('BTCUSDT', '60000.00'); await s.trade('BNBUSDT', '500.00')      # TRX has not traded: no price anywhere
+        c, eng, ex = await live_session(s)
+        try:
+            await eng.update_pnl()
+            assert eng.equity() == pytest.approx(10_000 + 0.01 * 60_000 + 0.00042 * 500)   # BNB valued at the venue's ticker
+            assert eng.unvalued == {'binance': {'TRX': 3.0}}                             # listed, not an error
+            assert s.orders == []
+        finally:
+            await eng.stop_live_trading(); await ex.close()
+
+@pytest.mark.parametrize('bnb', [False, True], ids=['fee-in-base', 'fee-in-bnb'])
+async def test_a_position_bought_at_binances_fee_is_sold_down_to_dust(bnb):
+    "Binance takes a buy's fee from the BTC bought (or in BNB): the position holds what arrived and the exit sells all of it that can be sold."
+    async with BinanceSpotServer({'USDT': 10_000, 'BNB': '1' if bnb else '0'}, bnb_discount=bnb) as s:
+        await s.trade('BTCUSDT', '60000.00'); await s.trade('BNBUSDT', '600.00')
+        c, eng, ex = await live_session(s)
+        try:
+            r = await c.trading_engine.execute_signal(buy(0.04166))
+            assert r.status == 'filled', r
+            (entry,) = s.orders
+            assert (entry.side, entry.status, entry.executedQty) == ('BUY', 'FILLED', D('0.04166'))
+            fee = entry.fills[0]
+            pos = eng.positions.positions[r.position_id]
+            if bnb:
+                assert fee['commissionAsset'] == 'BNB' and held(s, 'BTC') == D('0.04166')
+                assert pos.amount == pytest.approx(0.04166) and pos.fees_paid == pytest.approx(float(fee['commission']) * 600.0)
+            else:
+                assert fee['commissionAsset'] == 'BTC' and held(s, 'BTC') == D('0.04161834')
+                assert pos.amount == pytest.approx(0.04161834) and pos.fees_paid == pytest.approx(0.00004166 * 60_000)
+            await s.trade('BTCUSDT', '61000.00'); eng.marks['BTC/USDT'] = 61_000.0
+            summary = await c.emergency_shutdown('test')
+            assert summary['open_positions_left'] == [] and summary['working_orders_left'] == []
+            sells = [o for o in s.orders if o.side == 'SELL']
+            assert len(s.orders) == 2 and len(sells) == 1 and sells[0].status == 'FILLED'
+            left = held(s, 'BTC')
+            assert left * D('61000') < 5 and left < D('0.00001') + D('0.00000834')          # what is left is below NOTIONAL: dust
+            assert sells[0].executedQty == (D('0.04166') if bnb else D('0.04161'))
+            assert not [o for o in s.orders if o.is_open]
+        finally:
+            await ex.close()
+
+async def test_an_order_accepted_after_the_clients_timeout_is_one_order_and_one_position():
+    async with BinanceSpotServer({'USDT': 10_000}) as s:
+        await s.trade('BTCUSDT', '60000.00')
+        c, eng, ex = await live_session(s, timeout_ms=1000)
+        s.faults.append(Fault('POST', '/api/v3/order', 'late_placed', delay=2.0))   # placed at once, answered after the client gave up
+        try:
+            r = await eng.execute_signal(buy(0.01))
+            assert r.status == 'filled', r
+            assert len(s.orders) == 1 and s.orders[0].status == 'FILLED' and s.orders[0].executedQty == D('0.01')
+            assert [p.amount for p in eng.positions.open_positions()] == [pytest.approx(0.00999)]   # 0.01 less Binance's 0.1 % in BTC
+            assert eng.orders.clients['binance'].recovered_orders == 1
+        finally:
+            await eng.stop_live_trading(); await ex.close()
+
+async def test_an_order_that_never_landed_is_sent_once_more_under_a_new_id_and_is_one_order():
+    async with BinanceSpotServer({'USDT': 10_000}) as s:
+        await s.trade('BTCUSDT', '60000.00')
+        c, eng, ex = await live_session(s, timeout_ms=1000, recv_window=2000)        # acceptance window 2 s + 1 s
+        s.faults.append(Fault('POST', '/api/v3/order', 'lost', delay=2.0))          # never placed; the client times out
+        try:
+            r = await eng.execute_signal(buy(0.01))
+            assert r.status == 'filled', r
+            posts = [q for q in s.requests if q[1:3] == ('POST', '/api/v3/order')]
+            assert len(posts) == 2 and len(s.orders) == 1 and s.orders[0].status == 'FILLED'
+            first, again = [e.payload['client_order_id'] for e in eng.journal.load('order_submitted')]
+            assert first != again and s.orders[0].clientOrderId == again
+            assert [e.payload['order'] for e in eng.journal.load('order_unresolved')] == [first]
+            assert len(eng.positions.open_positions()) == 1
+        finally:
+            await eng.stop_live_trading(); await ex.close()
