@@ -103,3 +103,25 @@ async def test_an_order_that_never_landed_is_sent_once_more_under_a_new_id_and_i
             assert len(eng.positions.open_positions()) == 1
         finally:
             await eng.stop_live_trading(); await ex.close()
+
+@pytest.mark.parametrize('code', [429, 418])
+async def test_no_request_reaches_the_venue_inside_a_retry_after_and_the_next_goes_right_after_it(code):
+    "Binance answers 429 (or 418, an IP ban that a request during it lengthens) with Retry-After: every request of the key waits it out."
+    async with BinanceSpotServer({'USDT': 10_000}) as s:
+        await s.trade('BTCUSDT', '60000.00')
+        c, eng, ex = await live_session(s)
+        try:
+            s.ban(2.0, code)
+            r = await eng.execute_signal(buy(0.01))
+            assert r.status == 'filled', r
+            refused = [q for q in s.requests if q[3] == code]
+            assert len(refused) == 1, refused                          # the one request that learnt of the ban; nothing after it inside
+            end = s.banned_until                                       # for 418 the hit doubled what was left of the ban
+            after = [q for q in s.requests if q[0] > refused[0][0]]
+            assert after and all(t >= end for t, *_ in after), (end, after)
+            assert after[0][0] - end < 2.0                                # the first request goes out right after the end
+            assert len(s.orders) == 1 and s.orders[0].status == 'FILLED'
+            gate = eng.orders.clients['binance'].gate
+            assert gate.pauses and gate.pauses[-1][1] >= 1.0
+        finally:
+            await eng.stop_live_trading(); await ex.close()

@@ -18,9 +18,9 @@ from .core import TraderError
 from .clock import Clock, WallClock
 
 # %% auto #0
-__all__ = ['KEY_FIELDS', 'RATE_LIMITED', 'VENUE_FACTS', 'UNKNOWN_VENUE', 'key_env_names', 'load_keys', 'RedactSecrets',
+__all__ = ['KEY_FIELDS', 'RATE_LIMITED', 'VENUE_FACTS', 'UNKNOWN_VENUE', 'URGENT', 'key_env_names', 'load_keys', 'RedactSecrets',
            'connect_exchange', 'order_cost', 'type_name', 'may_have_reached_venue', 'OrderFateUnknown', 'VenueFacts',
-           'venue_facts', 'ExchangeClient']
+           'venue_facts', 'RequestGate', 'request_gate', 'retry_after', 'ExchangeClient']
 
 # %% ../nbs/04_exchange.ipynb #20a9a374
 KEY_FIELDS = {'API_KEY': 'apiKey', 'SECRET': 'secret', 'PASSWORD': 'password'}
@@ -148,6 +148,41 @@ def venue_facts(exchange_id:str) -> VenueFacts:
     "The `VenueFacts` of `exchange_id` (the cautious default for a venue not listed)."
     return VENUE_FACTS.get(exchange_id, UNKNOWN_VENUE)
 
+# %% ../nbs/04_exchange.ipynb #76f7bd32
+class RequestGate:
+    "Every request to one venue key waits here while the venue has said to stop; urgent ones (orders, cancels) go first after."
+    def __init__(self, clock:Clock|None=None,
+                 polls_after:float=0.5):   # seconds polls wait past the end of a pause, so that waiting orders go first
+        self.clock, self.polls_after = clock or WallClock(), polls_after
+        self.paused_until, self.pauses = 0.0, []   # (clock time, seconds, why) of each pause
+
+    def pause(self, seconds:float, why:str):
+        "Hold every request for `seconds` (from the venue's `Retry-After`)."
+        until = self.clock.time() + seconds
+        if until > self.paused_until: self.paused_until = until; self.pauses.append((self.clock.time(), seconds, why))
+
+    async def wait(self, urgent:bool=True):
+        "Return when a request may go out: at once without a pause; at its end for an urgent one, `polls_after` later for a poll."
+        if self.paused_until <= 0: return
+        while (left := self.paused_until + (0 if urgent else self.polls_after) - self.clock.time()) > 0: await self.clock.sleep(left)
+
+_GATES: dict[tuple, RequestGate] = {}
+URGENT = frozenset({'create_order', 'cancel_order', 'fetch_order'})   # what goes first when a pause ends
+
+def request_gate(exchange, clock:Clock|None=None) -> RequestGate:
+    "The one gate of `exchange`'s key (every client of the same venue and key shares it)."
+    key = (getattr(exchange, 'id', None), getattr(exchange, 'apiKey', None) or id(exchange), id(clock))   # a process has one clock; tests have many
+    if key not in _GATES: _GATES[key] = RequestGate(clock)
+    return _GATES[key]
+
+def retry_after(exchange, error:Exception, default:float, now:float=0.0) -> float:
+    "Seconds the venue asked us to wait: its `Retry-After` header, else a Binance ban's end (epoch ms) in the message against `now`, else `default`."
+    headers = {k.lower(): v for k, v in (getattr(exchange, 'last_response_headers', None) or {}).items()}
+    try: return max(0.0, float(headers['retry-after']))
+    except (KeyError, ValueError): pass
+    if m := re.search(r'banned until (\d{13})', str(error)): return max(0.0, int(m.group(1)) / 1000 - now)
+    return default
+
 # %% ../nbs/04_exchange.ipynb #7e4bbe4a
 class ExchangeClient:
     "Retries, rate-limit backoff, precision checks and duplicate-free order placement over a ccxt-shaped exchange."
@@ -169,6 +204,7 @@ class ExchangeClient:
         self.retries = self.reconciliations = self.recovered_orders = 0
         self._bounds: dict[str, tuple[dict, dict]] = {}   # symbol -> (market, its limits): see `check_order`
         self._redactor = RedactSecrets(str(getattr(exchange, k, None) or '') for k in ('apiKey', 'secret', 'password', 'uid', 'privateKey'))
+        self.gate = request_gate(exchange, self.clock)   # shared by every client of this venue key
 
     @property
     def id(self) -> str: return self.exchange.id
@@ -197,22 +233,30 @@ class ExchangeClient:
         base = self.backoff * 2 ** (attempt - 1) * (self.rate_limit_factor if isinstance(error, RATE_LIMITED) else 1.0)
         return min(self.max_backoff, base * (1.0 + self.jitter * float(self.rng.random())))
 
-    async def _wait_before_retry(self, method:str, attempt:int, error:Exception):
+    async def _backoff(self, method:str, attempt:int, error:Exception):
         delay = self.backoff_delay(attempt, error)
         self.retries += 1
         self.log.warning(self._redactor.redact(f"{self.id} {method}: {type(error).__name__}: {error}; retry {attempt}/{self.max_retries} in {delay:.2f}s"))
         await self.clock.sleep(delay)
 
     async def _call(self, method:str, *args):
-        "`exchange.<method>(*args)`, retrying network errors with backoff (for idempotent requests)."
+        "`exchange.<method>(*args)` through the venue's gate, retrying network errors with backoff (for idempotent requests)."
         fn, attempt = getattr(self.exchange, method), 0
         while True:
             attempt += 1; self.requests[method] += 1
+            await self.gate.wait(urgent=method in URGENT)
             try: return await fn(*args)
             except ccxt.BaseError as e:
                 self.errors[type_name(e)] += 1
                 if not isinstance(e, ccxt.NetworkError) or attempt > self.max_retries: raise
                 await self._wait_before_retry(method, attempt, e)
+
+    async def _wait_before_retry(self, method:str, attempt:int, error:Exception):
+        "Back off before a retry: for a rate limit, the venue's own `Retry-After`, which holds every request of this key."
+        if not isinstance(error, RATE_LIMITED): return await self._backoff(method, attempt, error)
+        seconds = retry_after(self.exchange, error, self.backoff_delay(attempt, error), self.clock.time())
+        self.retries += 1; self.gate.pause(seconds, f"{type_name(error)}: {error}")
+        self.log.warning(self._redactor.redact(f"{self.id} {method}: {type_name(error)}; every request to {self.id} waits {seconds:.1f}s (Retry-After)"))
 
 # %% ../nbs/04_exchange.ipynb #5b32c7cf
 @patch
@@ -382,6 +426,7 @@ async def create_order(self:ExchangeClient, symbol:str, type:str, side:str, amou
     request, attempt = {**(params or {}), 'clientOrderId': cid}, 0
     while True:
         attempt += 1; self.requests['create_order'] += 1
+        await self.gate.wait()
         try: return await self.exchange.create_order(symbol, type, side, amount, price, dict(request))
         except ccxt.BaseError as e:
             self.errors[type_name(e)] += 1
