@@ -125,3 +125,57 @@ async def test_no_request_reaches_the_venue_inside_a_retry_after_and_the_next_go
             assert gate.pauses and gate.pauses[-1][1] >= 1.0
         finally:
             await eng.stop_live_trading(); await ex.close()
+
+class BuyTheFirstBar:
+    "Buys 0.001 BTC on the first closed bar it sees: proof that bars arrive and signals become orders."
+    exit_policy = None
+    def __init__(self): self.symbols, self.bars = ['BTC/USDT'], []
+    def on_bar(self, bar):
+        from trader.core import Signal
+        self.bars.append(bar)
+        if len(self.bars) > 1: return []
+        return [Signal('BTC/USDT', 'buy', bar.close, stop=bar.close * 0.98, target=bar.close * 1.04, strategy='first_bar', exchange='binance',
+                       size=0.001, algo='market')]
+
+async def test_the_live_loop_gets_prices_over_the_venues_websocket_and_places_the_strategys_order():
+    async with BinanceSpotServer({'USDT': 10_000}, minute_by_hand=True) as s:
+        await s.trade('BTCUSDT', '60000.00')
+        ex = s.point(connect_exchange('binance', keys=KEYS))
+        c = ProductionCoordinator(build_config({'mode': 'live', 'execution': {'default_execution_algo': 'market'}}), confirm_live=True, regimes=False)
+        eng = await c.initialize_production_system({'binance': ex}, {'equity_usd': 10_000})
+        strategy = BuyTheFirstBar()
+        c.register_strategy('first_bar', strategy, 0.5)
+        async def market():   # trades every 50 ms; a minute ends every 10 trades
+            for i in range(200):
+                await s.trade('BTCUSDT', f"{60000 + (i % 7) * 10:.2f}", '0.01')
+                if i % 10 == 9: await s.end_minute('BTCUSDT')
+                if s.orders: break
+                await asyncio.sleep(0.05)
+        try:
+            talking = asyncio.ensure_future(market())
+            summary = await asyncio.wait_for(c.run_production_loop('live', duration=4.0), 60)
+            await talking
+            assert strategy.bars and strategy.bars[0].close in {60000 + k * 10 for k in range(7)}, strategy.bars
+            assert len(s.orders) == 1 and s.orders[0].side == 'BUY' and s.orders[0].status == 'FILLED'
+            assert summary['orders'] == 1
+        finally:
+            await ex.close()
+
+async def test_trader_venue_serves_the_stand_in_that_a_ccxt_client_trades_against():
+    "The shipped command: `trader venue --replay BTC/USDT` in its own process; a ccxt binance reads its balance and the replayed price."
+    import re, subprocess, sys
+    import ccxt.async_support as ccxt_async
+    proc = subprocess.Popen([sys.executable, '-m', 'trader', 'venue', '--balances', 'USDT=5000,BNB=0.5', '--replay', 'BTC/USDT', '--speed', '0.05'],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 60)
+        port = int(re.search(r'127\.0\.0\.1:(\d+)', line).group(1))
+        ex = BinanceSpotServer(port=port).point(ccxt_async.binance(dict(KEYS)))
+        try:
+            balance = await ex.fetch_balance()
+            assert (balance['total']['USDT'], balance['total']['BNB']) == (5000.0, 0.5)
+            ticker = await ex.fetch_ticker('BTC/USDT')
+            assert 49_000 < ticker['last'] < 70_000                       # a close of the bundled month
+        finally: await ex.close()
+    finally:
+        proc.terminate(); proc.wait(timeout=30)

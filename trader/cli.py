@@ -17,7 +17,7 @@ from .core import TraderError, looks_secret, shown, split_symbol, known_venues
 __all__ = ['DATE_FORMATS', 'DATE_HINT', 'RUN_PARAMETERS', 'OPTION_PARAMETERS', 'COMMANDS', 'ParameterError', 'parse_date',
            'check_parameters', 'session_parameters', 'production_notebook', 'run_parameters', 'parser',
            'notebook_parameters', 'checked_run', 'run_notebook', 'RunFailed', 'run_command', 'bench_command',
-           'docs_command', 'main']
+           'docs_command', 'venue_command', 'main']
 
 # %% ../nbs/70_cli.ipynb #54564a59
 class ParameterError(TraderError, ValueError):
@@ -278,6 +278,14 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument('--start', help=DATE_HINT); bench.add_argument('--end', help=DATE_HINT)
     docs = sub.add_parser('docs', help='build the documentation site', description='Execute every notebook and build the docs.')
     docs.add_argument('--docs-dir', default='_docs_build', help='where the executed copy and _proc/ go (default: _docs_build)')
+    venue = sub.add_parser('venue', help='serve the Binance spot stand-in on 127.0.0.1 (trader.venue_server)',
+                           description="Serve trader.venue_server.BinanceSpotServer on 127.0.0.1 until interrupted: point a ccxt binance at it "
+                                       "with BinanceSpotServer.point, or set its urls['api'] entries to the printed URL.")
+    venue.add_argument('--port', type=int, default=0, help='the port (default: a free one, printed)')
+    venue.add_argument('--balances', type=_allocation_pairs, default={'USDT': 10_000.0}, help='ASSET=amount pairs (default USDT=10000)')
+    venue.add_argument('--bnb-discount', action='store_true', help="pay fees in BNB at 75 %% when the account holds enough")
+    venue.add_argument('--replay', metavar='SYMBOL', help='trade the bundled candles of SYMBOL (e.g. BTC/USDT), one minute per --speed seconds')
+    venue.add_argument('--speed', type=float, default=1.0, help='--replay: seconds per candle (default 1)')
     return ap
 
 # %% ../nbs/70_cli.ipynb #333bd166
@@ -346,8 +354,29 @@ def docs_command(a:argparse.Namespace) -> int:
     for name, row in bad.iterrows(): print(f"trader docs: {name}: {row.error or 'error output in the processed notebook'}", file=sys.stderr)
     return 1 if len(bad) else 0
 
-# %% ../nbs/70_cli.ipynb #bce33ed2
-COMMANDS = {'run': run_command, 'bench': bench_command, 'docs': docs_command}
+# %% ../nbs/70_cli.ipynb #4243492a
+def venue_command(a:argparse.Namespace) -> int:
+    "`trader venue`: the Binance spot stand-in on 127.0.0.1, optionally trading the bundled candles, until interrupted."
+    if a.speed <= 0: raise ParameterError('speed', a.speed, 'must be above 0', '--speed')
+    from trader.data import SAMPLE_CANDLES
+    if a.replay is not None and a.replay not in SAMPLE_CANDLES: raise ParameterError('replay', a.replay, f"no bundled series; the bundled ones are {sorted(SAMPLE_CANDLES)}", '--replay')
+    try: asyncio.run(_serve_venue(a))
+    except KeyboardInterrupt: pass
+    return 0
+
+async def _serve_venue(a:argparse.Namespace):
+    from trader.venue_server import BinanceSpotServer
+    from trader.data import load_candles
+    async with BinanceSpotServer(a.balances, bnb_discount=a.bnb_discount, minute_by_hand=a.replay is not None, port=a.port) as s:
+        print(f"trader venue: Binance spot stand-in at {s.url} (REST /api/v3, websocket ws://127.0.0.1:{s.port}/ws); "
+              f"key {s.api_key!r}, secret {s.secret!r}", flush=True)
+        if a.replay is None: return await asyncio.Event().wait()
+        sym = a.replay.replace('/', '')
+        for close in load_candles(a.replay).close:
+            await s.trade(sym, f"{close:.2f}"); await s.end_minute(sym)
+            await asyncio.sleep(a.speed)
+
+COMMANDS = {'run': run_command, 'bench': bench_command, 'docs': docs_command, 'venue': venue_command}
 
 def main(argv:list[str]|None=None) -> int:
     "The `trader` command; 2 and one line on stderr for a mistake in what it was given."

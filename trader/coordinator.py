@@ -210,7 +210,8 @@ async def run_live(self, duration:float|None):
     "Paper or live: market data from ccxt.pro websockets into the engine until `duration` seconds pass (None: until cancelled) or the engine stops."
     from trader.websocket import WebSocketManager
     eng = self.trading_engine
-    async with WebSocketManager(clock=eng.clock, on_alert=lambda a: eng.alerts.emit('warning', str(a), source='websocket')) as ws:
+    ws = WebSocketManager(clock=eng.clock, on_alert=lambda a: eng.alerts.emit('warning', str(a), source='websocket'))
+    try:
         for name, ex in (self._clients or {}).items():   # market data from the real exchanges (ccxt.pro objects); with keys, our orders too
             for sym in {s for st in eng.strategies.values() for s in getattr(st, 'symbols', [])}: ws.subscribe(ex, sym)
         pushed = [eng.orders.stream_orders(name, partial(ws.up_since, ex.id, 'orders')) for name, ex in (self._clients or {}).items()
@@ -222,6 +223,7 @@ async def run_live(self, duration:float|None):
                 if ev is not None: await eng.on_market_event(ev)   # the monitoring jobs run in the engine's own loops
         finally:
             for undo in pushed: undo()
+    finally: await ws.stop(close_exchanges=False)   # the clients are the caller's: the engine still needs them to stop (final balances)
 
 for _f in (register_strategy, submit_signal, drive, _prime, run_production_loop, run_live): setattr(ProductionCoordinator, _f.__name__, _f)
 

@@ -74,12 +74,13 @@ def connect_exchange(exchange_id:str, *,
                      options:Mapping|None=None, # ccxt `options` (e.g. {'defaultType': 'swap'})
                      config:Mapping|None=None,  # other ccxt constructor settings (e.g. {'timeout': 10000})
                     ):
-    "A `ccxt.async_support` exchange with rate limiting on and credentials from `load_keys`."
+    "A ccxt.pro exchange (REST and websockets; `ccxt.async_support` for a venue ccxt.pro lacks) with rate limiting on and credentials from `load_keys`."
     if exchange_id not in ccxt_async.exchanges: raise ValueError(f"unknown exchange {exchange_id!r}: not a ccxt exchange id")
     creds = load_keys(exchange_id, keys, env)
     settings = {**(config or {}), **creds, 'enableRateLimit': True}
     if options: settings['options'] = {**settings.get('options', {}), **options}
-    exchange = getattr(ccxt_async, exchange_id)(settings)
+    import ccxt.pro as ccxt_pro
+    exchange = getattr(ccxt_pro if exchange_id in ccxt_pro.exchanges else ccxt_async, exchange_id)(settings)
     if sandbox: exchange.set_sandbox_mode(True)
     exchange.logger = logging.getLogger(f'ccxt.base.exchange.{exchange_id}')
     if creds: exchange.logger.addFilter(RedactSecrets(creds.values()))

@@ -15,7 +15,7 @@ from .data import load_markets
 
 # %% auto #0
 __all__ = ['D', 'ZERO', 'WEIGHTS', 'ERROR_1007', 'ROUTES', 'spot_symbols', 'VenueError', 'check_filters', 'VenueOrder',
-           'SpotAccount', 'place', 'cancel', 'match_trade', 'Fault', 'BinanceSpotServer']
+           'SpotAccount', 'place', 'cancel', 'match_trade', 'Fault', 'BinanceSpotServer', 'execution_report']
 
 # %% ../nbs/07_venue_server.ipynb #1c114366
 D = Decimal
@@ -156,6 +156,7 @@ def place(a:SpotAccount, p:dict, list_id:int=-1, locks:bool=True) -> VenueOrder:
         a._move(asset, -amount, amount); o.locked = (asset, amount)
     a.orders[o.orderId] = o
     if _marketable(o, last): _fill(a, o, last, taker=True)
+    else: _notify(a, o)
     return o
 
 # %% ../nbs/07_venue_server.ipynb #4dcc5403
@@ -248,6 +249,7 @@ class BinanceSpotServer:
                  can_withdraw:bool=False,           # the key's API restriction
                  clock_offset:float=0.0,            # seconds the server's clock is ahead of ours
                  weight_limit:int=6000,             # request weight per minute before 429
+                 minute_by_hand:bool=False,         # klines' minutes end when `end_minute` is called, not on the clock (a test's fast minutes)
                  port:int=0):
         self.api_key, self.secret, self.can_withdraw, self.clock_offset = api_key, secret, can_withdraw, clock_offset
         self.account = SpotAccount(balances if balances is not None else {'USDT': 10_000}, symbols or spot_symbols(), fee, bnb_discount, clock=self.now)
@@ -258,6 +260,11 @@ class BinanceSpotServer:
         self._weights: list[tuple[float, int]] = []
         self.streams: dict[web.WebSocketResponse, set[str]] = {}
         self._tape, self._runner = itertools.count(1), None
+        self.minutes: dict[str, _Minute] = {}
+        self.minute_by_hand = minute_by_hand
+        self.user_streams: dict[web.WebSocketResponse, int] = {}   # subscribed user data connections -> subscriptionId
+        self._reports, self._pushing = asyncio.Queue(), None
+        self.account.listeners.append(lambda o: _push_report(self, o))
 
     def now(self) -> float: return time.time() + self.clock_offset
     @property
@@ -436,14 +443,36 @@ async def _websocket(s:BinanceSpotServer, request:web.Request) -> web.WebSocketR
     finally: s.streams.pop(ws, None)
     return ws
 
+@dataclass
+class _Minute:
+    "The 1m kline a symbol is building, from the trades in it."
+    start: int
+    o: Decimal; h: Decimal; l: Decimal; c: Decimal
+    v: Decimal = ZERO; q: Decimal = ZERO; n: int = 0
+
+    def add(self, price:Decimal, qty:Decimal):
+        self.h, self.l, self.c = max(self.h, price), min(self.l, price), price
+        self.v += qty; self.q += qty * price; self.n += 1
+
+    def event(self, symbol:str, t:int, closed:bool) -> dict:
+        return {'e': 'kline', 'E': t, 's': symbol, 'k': {'t': self.start, 'T': self.start + 59_999, 's': symbol, 'i': '1m', 'f': -1, 'L': -1,
+                'o': _s(self.o), 'c': _s(self.c), 'h': _s(self.h), 'l': _s(self.l), 'v': _s(self.v), 'n': self.n, 'x': closed, 'q': _s(self.q),
+                'V': '0', 'Q': '0', 'B': '0'}}
+
+def _minute(s:BinanceSpotServer, symbol:str, price:Decimal, qty:Decimal, t:int) -> _Minute:
+    "The kline a trade at `t` falls in (a new one each clock minute, or each `end_minute` with `minute_by_hand`)."
+    m = s.minutes.get(symbol)
+    if m is None or (not s.minute_by_hand and t >= m.start + 60_000):
+        m = s.minutes[symbol] = _Minute(t - t % 60_000, price, price, price, price)
+    elif m.n == 0: m.o = m.h = m.l = price   # the first trade of a minute that `end_minute` opened
+    m.add(price, qty)
+    return m
+
 def _events(s:BinanceSpotServer, symbol:str, price:Decimal, qty:Decimal, tid:int) -> dict[str, dict]:
     t, low = s.account.ms(), symbol.lower()
     tick = _d(_filters(s.account.info(symbol))['PRICE_FILTER']['tickSize'])
-    start = t - t % 60_000
     return {f'{low}@trade': {'e': 'trade', 'E': t, 's': symbol, 't': tid, 'p': _s(price), 'q': _s(qty), 'T': t, 'm': False, 'M': True},
-            f'{low}@kline_1m': {'e': 'kline', 'E': t, 's': symbol, 'k': {'t': start, 'T': start + 59_999, 's': symbol, 'i': '1m', 'f': tid, 'L': tid,
-                                'o': _s(price), 'c': _s(price), 'h': _s(price), 'l': _s(price), 'v': _s(qty), 'n': 1, 'x': False, 'q': _s(qty * price),
-                                'V': '0', 'Q': '0', 'B': '0'}},
+            f'{low}@kline_1m': _minute(s, symbol, price, qty, t).event(symbol, t, False),
             f'{low}@bookTicker': {'u': tid, 's': symbol, 'b': _s(price - tick), 'B': '10.00000000', 'a': _s(price + tick), 'A': '10.00000000'},
             f'{low}@ticker': {**{'e': '24hrTicker', 'E': t, 's': symbol}, **{k: v for k, v in zip('pPwxcQbBaAohlvqOCFLn', [
                 '0', '0', _s(price), _s(price), _s(price), _s(qty), _s(price - tick), '10', _s(price + tick), '10', _s(price), _s(price), _s(price),
@@ -459,6 +488,57 @@ async def trade(self:BinanceSpotServer, symbol:str, price, qty=1) -> list[VenueO
             if name in subs and not ws.closed: await ws.send_str(json.dumps({'stream': name, 'data': ev}))   # the combined-stream form
     return filled
 
+async def _user_stream(s:BinanceSpotServer, request:web.Request) -> web.WebSocketResponse:
+    "The websocket API's user data stream: a signed `userDataStream.subscribe.signature`, then an `executionReport` per order change."
+    ws = web.WebSocketResponse(autoping=True)
+    await ws.prepare(request)
+    try:
+        async for msg in ws:
+            if msg.type != WSMsgType.TEXT: continue
+            req = json.loads(msg.data)
+            if req.get('method') != 'userDataStream.subscribe.signature':
+                await ws.send_str(json.dumps({'id': req.get('id'), 'status': 400, 'error': {'code': -1100, 'msg': f"Unknown method {req.get('method')}."}})); continue
+            p = dict(req.get('params') or {}); sig = p.pop('signature', '')
+            good = p.get('apiKey') == s.api_key and hmac.compare_digest(sig, _sign(s.secret, '&'.join(f'{k}={v}' for k, v in sorted(p.items()))))
+            if not good:
+                await ws.send_str(json.dumps({'id': req.get('id'), 'status': 401, 'error': {'code': -1022, 'msg': 'Signature for this request is not valid.'}})); continue
+            sid = len(s.user_streams)
+            s.user_streams[ws] = sid
+            await ws.send_str(json.dumps({'id': req['id'], 'status': 200, 'result': {'subscriptionId': sid}}))
+    finally: s.user_streams.pop(ws, None)
+    return ws
+
+def execution_report(o:VenueOrder, t:int) -> dict:
+    "Binance's `executionReport` for the state `o` is in now (a TRADE with its last fill, else the status)."
+    last = o.fills[-1] if o.fills and o.status in ('FILLED', 'PARTIALLY_FILLED') else None
+    x = 'TRADE' if last else {'NEW': 'NEW', 'CANCELED': 'CANCELED', 'EXPIRED': 'EXPIRED'}.get(o.status, o.status)
+    return {'e': 'executionReport', 'E': t, 's': o.symbol, 'c': o.clientOrderId, 'S': o.side, 'o': o.type, 'f': o.timeInForce,
+            'q': _s(o.origQty), 'p': _s(o.price), 'P': _s(o.stopPrice), 'F': '0.00000000', 'g': o.orderListId, 'C': '', 'x': x, 'X': o.status,
+            'r': 'NONE', 'i': o.orderId, 'l': last['qty'] if last else '0.00000000', 'z': _s(o.executedQty), 'L': last['price'] if last else '0.00000000',
+            'n': last['commission'] if last else '0', 'N': last['commissionAsset'] if last else None, 'T': o.updateTime, 't': last['id'] if last else -1,
+            'I': 0, 'w': o.is_open, 'm': bool(last and last['isMaker']), 'M': False, 'O': o.time, 'Z': _s(o.cummulativeQuoteQty),
+            'Y': last['quoteQty'] if last else '0.00000000', 'Q': '0.00000000', 'W': o.time, 'V': 'EXPIRE_MAKER'}
+
+def _push_report(s:BinanceSpotServer, o:VenueOrder):
+    "Queue `o`'s executionReport for every subscribed user stream (sent by the server's pusher task, in order)."
+    if s.user_streams: s._reports.put_nowait(execution_report(o, s.account.ms()))
+
+async def _pusher(s:BinanceSpotServer):
+    while True:
+        event = await s._reports.get()
+        for ws, sid in list(s.user_streams.items()):
+            if not ws.closed: await ws.send_str(json.dumps({'subscriptionId': sid, 'event': event}, separators=(',', ':')))
+
+@patch
+async def end_minute(self:BinanceSpotServer, symbol:str):
+    "The minute of `symbol` ends now: its final kline (`x: true`) goes out and the next trade opens the next minute (with `minute_by_hand`)."
+    m = self.minutes.get(symbol)
+    if m is None: return
+    name = f'{symbol.lower()}@kline_1m'
+    for ws, subs in list(self.streams.items()):
+        if name in subs and not ws.closed: await ws.send_str(json.dumps({'stream': name, 'data': m.event(symbol, self.account.ms(), True)}))
+    self.minutes[symbol] = _Minute(m.start + 60_000, m.c, m.c, m.c, m.c)
+
 # %% ../nbs/07_venue_server.ipynb #ef12016a
 @patch
 async def start(self:BinanceSpotServer) -> int:
@@ -467,17 +547,20 @@ async def start(self:BinanceSpotServer) -> int:
     async def stream(request): return await _websocket(self, request)
     app = web.Application()
     app.router.add_route('*', '/{tail:(api|sapi|fapi|dapi)/.*}', rest)
-    app.router.add_get('/ws', stream); app.router.add_get('/ws/{rest:.*}', stream)
+    async def user(request): return await _user_stream(self, request)
+    app.router.add_get('/ws', stream); app.router.add_get('/ws/{rest:.*}', stream); app.router.add_get('/ws-api/v3', user)
     self._runner = web.AppRunner(app, handle_signals=False)
     await self._runner.setup()
     site = web.TCPSite(self._runner, '127.0.0.1', self.port)
     await site.start()
     self.port = site._server.sockets[0].getsockname()[1]
+    self._pushing = asyncio.ensure_future(_pusher(self))
     return self.port
 
 @patch
 async def stop(self:BinanceSpotServer):
-    for ws in list(self.streams): await ws.close()
+    if self._pushing: self._pushing.cancel()
+    for ws in [*self.streams, *self.user_streams]: await ws.close()
     if self._runner: await self._runner.cleanup()
 
 @patch
@@ -488,7 +571,9 @@ def point(self:BinanceSpotServer, exchange):
         if k in api: api[k] = f"{self.url}/api/{k if k.startswith('v') else 'v3'}"
     for k in [k for k in api if k.startswith(('sapi', 'fapi', 'dapi'))]:
         api[k] = f"{self.url}/{k[:4]}/v{k[-1] if k[-1].isdigit() else 1}"
-    if isinstance(api.get('ws'), dict) and 'spot' in api['ws']: api['ws']['spot'] = f"ws://127.0.0.1:{self.port}/ws"
+    if isinstance(api.get('ws'), dict) and 'spot' in api['ws']:
+        api['ws']['spot'] = f"ws://127.0.0.1:{self.port}/ws"
+        if isinstance(api['ws'].get('ws-api'), dict): api['ws']['ws-api']['spot'] = f"ws://127.0.0.1:{self.port}/ws-api/v3"
     exchange.apiKey, exchange.secret = exchange.apiKey or self.api_key, exchange.secret or self.secret
     return exchange
 
