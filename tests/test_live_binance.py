@@ -179,3 +179,40 @@ async def test_trader_venue_serves_the_stand_in_that_a_ccxt_client_trades_agains
         finally: await ex.close()
     finally:
         proc.terminate(); proc.wait(timeout=30)
+
+# ------------------------------------------------------------------ pre-flight, as the command runs it
+async def trader_cli(*args, server:BinanceSpotServer, cwd=None):
+    "`python -m trader ARGS` with the keys and the stand-in's URL in its environment, while this loop keeps serving."
+    import os, sys
+    env = {**os.environ, 'TRADER_BINANCE_API_KEY': 'test-key', 'TRADER_BINANCE_SECRET': 'test-secret', 'TRADER_BINANCE_URL': server.url}
+    proc = await asyncio.create_subprocess_exec(sys.executable, '-m', 'trader', *args, env=env, cwd=cwd,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    return proc.returncode, out.decode(), err.decode()
+
+async def ticking(server, symbol='BTCUSDT'):
+    "The market keeps trading (so the ticker stream has something to say)."
+    while True: await server.trade(symbol, '60000.00'); await asyncio.sleep(0.1)
+
+@pytest.mark.parametrize('setup,args,no_go', [
+    ({}, [], None),
+    ({'can_withdraw': True}, [], 'permissions: the key can withdraw funds'),
+    ({'clock_offset': 12.0}, [], "clock: ours is 12."),
+    ({}, ['--equity', '10'], 'order sizes: planned orders the venue would refuse: BTC/USDT 2.50 < minimum cost 5'),
+], ids=['go', 'withdrawals', 'clock-skew', 'size-below-minimum'])
+async def test_preflight_says_go_or_no_go_with_the_reason(setup, args, no_go):
+    async with BinanceSpotServer({'USDT': 10_000}, **setup) as s:
+        market = asyncio.ensure_future(ticking(s))
+        try: code, out, err = await trader_cli('preflight', '--exchanges', 'binance', '--symbols', 'BTC/USDT', *args, server=s)
+        finally: market.cancel()
+        if no_go is None: assert code == 0 and err.count('NO-GO') == 0 and out.count('GO') == 8, (out, err)
+        else: assert code == 4 and no_go in err, (out, err)
+
+async def test_live_mode_runs_the_preflight_first_and_stops_on_a_no_go(tmp_path):
+    async with BinanceSpotServer({'USDT': 10_000}, can_withdraw=True) as s:
+        market = asyncio.ensure_future(ticking(s))
+        try: code, out, err = await trader_cli('run', '--live', '--confirm-live', '--exchanges', 'binance', '--symbols', 'BTC/USDT',
+                                               '--output-dir', str(tmp_path / 'runs'), server=s)
+        finally: market.cancel()
+        assert code == 4 and 'NO-GO binance permissions: the key can withdraw funds' in err, (out, err)
+        assert not (tmp_path / 'runs').exists() and s.orders == []                  # no kernel, no order

@@ -17,7 +17,7 @@ from .core import TraderError, looks_secret, shown, split_symbol, known_venues
 __all__ = ['DATE_FORMATS', 'DATE_HINT', 'RUN_PARAMETERS', 'OPTION_PARAMETERS', 'COMMANDS', 'ParameterError', 'parse_date',
            'check_parameters', 'session_parameters', 'production_notebook', 'run_parameters', 'parser',
            'notebook_parameters', 'checked_run', 'run_notebook', 'RunFailed', 'run_command', 'bench_command',
-           'docs_command', 'venue_command', 'main']
+           'docs_command', 'venue_command', 'preflight_command', 'main']
 
 # %% ../nbs/70_cli.ipynb #54564a59
 class ParameterError(TraderError, ValueError):
@@ -229,21 +229,25 @@ def _allocation_pairs(s:str) -> dict[str, float]:
         except ValueError: raise argparse.ArgumentTypeError(f"{part!r} is not name=allocation") from None
     return out
 
-# %% ../nbs/70_cli.ipynb #296397f2
+# %% ../nbs/70_cli.ipynb #f4975d79
+_RUN_OPTIONS = {
+    '--exchanges': dict(type=_csv, help='comma-separated ccxt ids, e.g. binance,kucoinfutures (default: a paper binance)'),
+    '--symbols': dict(type=_csv, help='comma-separated, e.g. BTC/USDT,ETH/USDT'),
+    '--strategies': dict(type=_allocation_pairs, help='name=allocation pairs, e.g. momentum=0.3,mean_reversion=0.3,breakout=0.4'),
+    '--equity': dict(type=float, help='starting equity in USD'),
+    '--config': dict(help='a TOML config file (see trader.config)')}
+
 def _run_arguments(ap:argparse.ArgumentParser):
     ap.add_argument('--mode', help='simulation (default), paper or live')
     ap.add_argument('--live', action='store_true', help="the spec's entry: --mode live")
     ap.add_argument('--confirm-live', action='store_true', help='required with live mode: real orders, real money')
     ap.add_argument('--duration', type=float, help='seconds of market time; 0 = all the data, or until stopped')
-    ap.add_argument('--exchanges', type=_csv, help='comma-separated ccxt ids, e.g. binance,kucoinfutures (default: a paper binance)')
-    ap.add_argument('--symbols', type=_csv, help='comma-separated, e.g. BTC/USDT,ETH/USDT')
-    ap.add_argument('--strategies', type=_allocation_pairs, help='name=allocation pairs, e.g. momentum=0.3,mean_reversion=0.3,breakout=0.4')
-    ap.add_argument('--config', help='a TOML config file (see trader.config)')
+    for name in ('--exchanges', '--symbols', '--strategies', '--config'): ap.add_argument(name, **_RUN_OPTIONS[name])
     ap.add_argument('--data', help='a candle file or raw Binance capture to replay (with one --symbols)')
     ap.add_argument('--start', help=f'{DATE_HINT}; the bundled data covers 2024-07-26 to 2024-08-25')
     ap.add_argument('--end', help=f'{DATE_HINT}, excluded')
     ap.add_argument('--speed', type=float, help='paper mode offline: market seconds per real second')
-    ap.add_argument('--equity', type=float, help='starting equity in USD')
+    ap.add_argument('--equity', **_RUN_OPTIONS['--equity'])
     ap.add_argument('--journal', help='SQLite journal file')
     ap.add_argument('-p', '--parameter', nargs=2, action='append', default=[], metavar=('NAME', 'VALUE'),
                     help="another parameter of the notebook (VALUE read as JSON, else as text), as papermill's -p")
@@ -278,6 +282,10 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument('--start', help=DATE_HINT); bench.add_argument('--end', help=DATE_HINT)
     docs = sub.add_parser('docs', help='build the documentation site', description='Execute every notebook and build the docs.')
     docs.add_argument('--docs-dir', default='_docs_build', help='where the executed copy and _proc/ go (default: _docs_build)')
+    pre = sub.add_parser('preflight', help='go / no-go checks of live venues before real money (trader.preflight)',
+                         description='Check each venue: keys, permissions, clock, markets, balances, planned order sizes, request budget, streams.')
+    for name in ('--exchanges', '--symbols', '--strategies', '--equity', '--config'): pre.add_argument(name, **_RUN_OPTIONS[name])
+    pre.add_argument('--allow-withdrawals', action='store_true', help='go on with a key that can withdraw (refused by default)')
     venue = sub.add_parser('venue', help='serve the Binance spot stand-in on 127.0.0.1 (trader.venue_server)',
                            description="Serve trader.venue_server.BinanceSpotServer on 127.0.0.1 until interrupted: point a ccxt binance at it "
                                        "with BinanceSpotServer.point, or set its urls['api'] entries to the printed URL.")
@@ -326,8 +334,9 @@ class RunFailed(TraderError):
     "A session notebook that stopped at a failing cell; its message says which and where the partial report is."
 
 def run_command(a:argparse.Namespace) -> int:
-    "`trader run`: check everything, then execute the notebook."
+    "`trader run`: check everything (live mode: the venues' pre-flight too), then execute the notebook."
     src, params = checked_run(a)
+    if params.get('mode') == 'live' and (code := _preflight(a, allow_withdrawals=False)): return code
     try: out = run_notebook(src, params, a.output_dir)
     except RunFailed as e: print(f"trader run: {e}", file=sys.stderr); return 1
     print(f"trader: session report written to {out}")
@@ -376,7 +385,31 @@ async def _serve_venue(a:argparse.Namespace):
             await s.trade(sym, f"{close:.2f}"); await s.end_minute(sym)
             await asyncio.sleep(a.speed)
 
-COMMANDS = {'run': run_command, 'bench': bench_command, 'docs': docs_command, 'venue': venue_command}
+def _preflight(a:argparse.Namespace, allow_withdrawals:bool) -> int:
+    "Run the pre-flight of every venue of `a`, print each check; 0 when all say go, else 4 (live mode stops before anything starts)."
+    from trader.preflight import preflight, planned_notionals
+    from trader.exchange import connect_exchange
+    from trader.config import load_config
+    symbols = a.symbols or ['BTC/USDT']
+    strategies = a.strategies or {'momentum': 0.3, 'mean_reversion': 0.3, 'breakout': 0.4}
+    planned = planned_notionals(strategies, symbols, a.equity or 10_000.0, load_config(a.config, mode='live').risk)
+    async def check():
+        out = []
+        for name in a.exchanges or []:
+            ex = connect_exchange(name)
+            try: out += await preflight(ex, symbols, planned, allow_withdrawals=allow_withdrawals)
+            finally: await ex.close()
+        return out
+    checks = asyncio.run(check())
+    for c in checks: print(f"trader preflight: {c}", file=sys.stdout if c.go else sys.stderr)
+    return 0 if checks and all(c.go for c in checks) else 4
+
+def preflight_command(a:argparse.Namespace) -> int:
+    "`trader preflight`: the go / no-go checks of `--exchanges`, keys from the environment; exit 4 on a no-go."
+    if not a.exchanges: raise ParameterError('exchanges', None, 'name the venues to check, e.g. --exchanges binance', '--exchanges')
+    return _preflight(a, a.allow_withdrawals)
+
+COMMANDS = {'run': run_command, 'bench': bench_command, 'docs': docs_command, 'venue': venue_command, 'preflight': preflight_command}
 
 def main(argv:list[str]|None=None) -> int:
     "The `trader` command; 2 and one line on stderr for a mistake in what it was given."

@@ -19,8 +19,8 @@ from .clock import Clock, WallClock
 
 # %% auto #0
 __all__ = ['KEY_FIELDS', 'RATE_LIMITED', 'VENUE_FACTS', 'UNKNOWN_VENUE', 'URGENT', 'key_env_names', 'load_keys', 'RedactSecrets',
-           'connect_exchange', 'order_cost', 'type_name', 'may_have_reached_venue', 'OrderFateUnknown', 'VenueFacts',
-           'venue_facts', 'RequestGate', 'request_gate', 'retry_after', 'ExchangeClient']
+           'redirect_urls', 'connect_exchange', 'order_cost', 'type_name', 'may_have_reached_venue', 'OrderFateUnknown',
+           'VenueFacts', 'venue_facts', 'RequestGate', 'request_gate', 'retry_after', 'ExchangeClient']
 
 # %% ../nbs/04_exchange.ipynb #20a9a374
 KEY_FIELDS = {'API_KEY': 'apiKey', 'SECRET': 'secret', 'PASSWORD': 'password'}
@@ -67,6 +67,19 @@ class RedactSecrets(logging.Filter):
         if any(s in msg for s in self.secrets): record.msg, record.args = self.redact(msg), ()
         return True
 
+def redirect_urls(exchange, base:str):
+    "Aim every API URL of a ccxt `exchange` at `base` (`http://127.0.0.1:8765`), paths kept: REST at `base`, websockets at its ws:// twin."
+    from urllib.parse import urlsplit, urlunsplit
+    http, ws = urlsplit(base), urlsplit(base.replace('http', 'ws', 1))
+    def aim(x):
+        if isinstance(x, dict): return {k: aim(v) for k, v in x.items()}
+        if isinstance(x, str) and '://' in x:
+            u = urlsplit(x); to = ws if u.scheme in ('ws', 'wss') else http
+            return urlunsplit((to.scheme, to.netloc, u.path, u.query, u.fragment))
+        return x
+    exchange.urls['api'] = aim(exchange.urls['api'])
+    return exchange
+
 def connect_exchange(exchange_id:str, *,
                      sandbox:bool=False,        # use the venue's testnet (ccxt `set_sandbox_mode`)
                      keys:Mapping|str|Path|None=None, # see `load_keys`; None reads the environment
@@ -81,6 +94,7 @@ def connect_exchange(exchange_id:str, *,
     if options: settings['options'] = {**settings.get('options', {}), **options}
     import ccxt.pro as ccxt_pro
     exchange = getattr(ccxt_pro if exchange_id in ccxt_pro.exchanges else ccxt_async, exchange_id)(settings)
+    if url := env.get(f"TRADER_{re.sub(r'[^A-Z0-9]', '_', exchange_id.upper())}_URL"): redirect_urls(exchange, url)   # a stand-in (`trader venue`)
     if sandbox: exchange.set_sandbox_mode(True)
     exchange.logger = logging.getLogger(f'ccxt.base.exchange.{exchange_id}')
     if creds: exchange.logger.addFilter(RedactSecrets(creds.values()))

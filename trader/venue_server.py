@@ -474,6 +474,8 @@ def _events(s:BinanceSpotServer, symbol:str, price:Decimal, qty:Decimal, tid:int
     return {f'{low}@trade': {'e': 'trade', 'E': t, 's': symbol, 't': tid, 'p': _s(price), 'q': _s(qty), 'T': t, 'm': False, 'M': True},
             f'{low}@kline_1m': _minute(s, symbol, price, qty, t).event(symbol, t, False),
             f'{low}@bookTicker': {'u': tid, 's': symbol, 'b': _s(price - tick), 'B': '10.00000000', 'a': _s(price + tick), 'A': '10.00000000'},
+            f'{low}@miniTicker': {'e': '24hrMiniTicker', 'E': t, 's': symbol, 'c': _s(price), 'o': _s(price), 'h': _s(price), 'l': _s(price),
+                                  'v': _s(qty), 'q': _s(qty * price)},
             f'{low}@ticker': {**{'e': '24hrTicker', 'E': t, 's': symbol}, **{k: v for k, v in zip('pPwxcQbBaAohlvqOCFLn', [
                 '0', '0', _s(price), _s(price), _s(price), _s(qty), _s(price - tick), '10', _s(price + tick), '10', _s(price), _s(price), _s(price),
                 '0', '0', t - 86_400_000, t, 0, tid, 1])}}}
