@@ -95,7 +95,7 @@ def _journal_path(x):
     if type(x) is not str or not x: raise ValueError('must be a path')
     p = Path(x)
     if p.is_dir(): raise ValueError('is a directory; give a file path, e.g. runs/account.sqlite')
-    if not p.parent.exists() and p.parent.exists() is False and not _can_make(p.parent): raise ValueError(f"cannot create its folder {p.parent}")
+    if not p.parent.exists() and not _can_make(p.parent): raise ValueError(f"cannot create its folder {p.parent}")
     return x
 
 def _can_make(d:Path) -> bool:
