@@ -106,7 +106,7 @@ def test_every_option_runs_a_session_without_a_papermill_warning_and_no_secret_l
     nb = Path(__file__).parent.parent / 'nbs' / 'production.ipynb'
     r = trader('run', '--mode', 'simulation', '--duration', '86400', '--exchanges', 'binance', '--symbols', 'BTC/USDT',
                '--strategies', 'momentum=0.5,breakout=0.4', '--config', str(cfg), '--data', str(data), '--start', '2024-08-04T12:00',
-               '--end', '2024-08-06', '--speed', '60', '--equity', '5000', '--journal', str(journal), '-p', 'confirm_live', 'false',
+               '--end', '2024-08-06', '--speed', '60', '--equity', '5000', '--journal', str(journal), '-p', 'confirm_live', 'false', '--flatten-at-end',
                '--output-dir', str(out), '--notebook', str(nb),
                env={'TRADER_BINANCE_API_KEY': CANARY, 'TRADER_BINANCE_SECRET': CANARY + '-2'})
     assert r.returncode == 0, r.stderr

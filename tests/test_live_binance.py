@@ -216,3 +216,28 @@ async def test_live_mode_runs_the_preflight_first_and_stops_on_a_no_go(tmp_path)
         finally: market.cancel()
         assert code == 4 and 'NO-GO binance permissions: the key can withdraw funds' in err, (out, err)
         assert not (tmp_path / 'runs').exists() and s.orders == []                  # no kernel, no order
+
+@pytest.mark.parametrize('flatten', [False, True], ids=['positions-stay', 'flatten-at-end'])
+async def test_a_normal_end_keeps_positions_unless_told_to_flatten_and_journals_why(flatten):
+    async with BinanceSpotServer({'USDT': 10_000}, minute_by_hand=True) as s:
+        await s.trade('BTCUSDT', '60000.00')
+        ex = s.point(connect_exchange('binance', keys=KEYS))
+        cfg = build_config({'mode': 'live', 'execution': {'default_execution_algo': 'market'}, 'emergency': {'flatten_at_end': flatten}})
+        c = ProductionCoordinator(cfg, confirm_live=True, regimes=False)
+        eng = await c.initialize_production_system({'binance': ex}, {'equity_usd': 10_000})
+        c.register_strategy('first_bar', BuyTheFirstBar(), 0.5)
+        async def market():
+            for i in range(200):
+                await s.trade('BTCUSDT', '60000.00', '0.01')
+                if i % 10 == 9: await s.end_minute('BTCUSDT')
+                await asyncio.sleep(0.05)
+        try:
+            talking = asyncio.ensure_future(market())
+            await asyncio.wait_for(c.run_production_loop('live', duration=3.0), 60)
+            talking.cancel()
+            (end,) = [e.payload for e in eng.journal.load('engine') if e.payload.get('event') == 'stopped']
+            assert end['reason'] == 'its duration ended'
+            assert [o.side for o in s.orders] == (['BUY', 'SELL'] if flatten else ['BUY']) and not [o for o in s.orders if o.is_open]
+            assert (end['open_positions'] == []) is flatten and (len(eng.positions.open_positions()) == 0) is flatten
+        finally:
+            await ex.close()

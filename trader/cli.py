@@ -124,6 +124,7 @@ RUN_PARAMETERS: dict[str, tuple[str, Callable]] = {
     'equity_usd': ('--equity', _number(0)),
     'journal': ('--journal', _optional(_journal_path)),
     'confirm_live': ('--confirm-live', _flag),
+    'flatten_at_end': ('--flatten-at-end', _flag),
 }
 
 def check_parameters(p:Mapping[str, Any], env:Mapping[str, str]|None=None) -> dict:
@@ -241,6 +242,7 @@ def _run_arguments(ap:argparse.ArgumentParser):
     ap.add_argument('--mode', help='simulation (default), paper or live')
     ap.add_argument('--live', action='store_true', help="the spec's entry: --mode live")
     ap.add_argument('--confirm-live', action='store_true', help='required with live mode: real orders, real money')
+    ap.add_argument('--flatten-at-end', action='store_true', help='close positions at the normal end too (default: they stay; the emergency stop always closes)')
     ap.add_argument('--duration', type=float, help='seconds of market time; 0 = all the data, or until stopped')
     for name in ('--exchanges', '--symbols', '--strategies', '--config'): ap.add_argument(name, **_RUN_OPTIONS[name])
     ap.add_argument('--data', help='a candle file or raw Binance capture to replay (with one --symbols)')
@@ -256,7 +258,7 @@ def _run_arguments(ap:argparse.ArgumentParser):
 
 OPTION_PARAMETERS = {'mode': 'mode', 'duration': 'duration', 'exchanges': 'exchanges', 'symbols': 'symbols', 'strategies': 'strategies',
                      'config': 'config_file', 'data': 'data_file', 'start': 'start', 'end': 'end', 'speed': 'speed',
-                     'equity': 'equity_usd', 'journal': 'journal', 'confirm_live': 'confirm_live'}
+                     'equity': 'equity_usd', 'journal': 'journal', 'confirm_live': 'confirm_live', 'flatten_at_end': 'flatten_at_end'}
 
 def run_parameters(a:argparse.Namespace) -> dict:
     "The papermill parameters for `trader run`'s options: only those given (the notebook has the defaults)."

@@ -110,6 +110,7 @@ class EmergencyConfig:
     enable_circuit_breaker: bool = setting(True, boolean)
     max_consecutive_errors: int = setting(5, positive_int)      # errors or rejects in a row that trip the breaker
     circuit_breaker_cooldown: float = setting(3600, positive)   # seconds before a tripped breaker resets itself
+    flatten_at_end: bool = setting(False, boolean)              # a normal end closes positions too (the emergency stop always does)
 
 @dataclass(frozen=True)
 class SignalConfig:

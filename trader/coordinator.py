@@ -197,13 +197,14 @@ async def run_production_loop(self, mode:str|None=None, duration:float|None=None
     eng = self.trading_engine
     if mode is not None and mode != self.mode: raise ValueError(f"the system was initialized for {self.mode} mode; initialize again for {mode}")
     await eng.start_live_trading(self.mode)
-    t0 = time.perf_counter()
+    t0, why = time.perf_counter(), 'the loop was cancelled'
     try:
         if self.feed is not None:
             end = None if not duration else self.feed.clock.time() + duration
             await self.feed.run(eng.step, end=end, skip=partial(quiet_span, eng) if self.mode == 'simulation' else None)
         else: await self.run_live(duration)
-    finally: await self.drive(eng.stop_live_trading())   # orders still working get the grace period, on the clock
+        why = 'the engine stopped' if not eng.running else 'the data ran out' if self.feed is not None and self.feed.exhausted else 'its duration ended'
+    finally: await self.drive(eng.stop_live_trading(reason=why))   # orders still working get the grace period, on the clock
     return self.session_summary(time.perf_counter() - t0)
 
 async def run_live(self, duration:float|None):

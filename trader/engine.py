@@ -415,7 +415,9 @@ async def _on_exit_request(self, req:ExitRequest):
         self.positions.on_fill(f, req.position_id); self._journal('position_fill', f, key=req.position_id)
     if pos is not None and pos.amount > 0:
         if parent.filled <= 0: return self._exit_failed(req, f"{parent.id} {parent.status}: {parent.reason}")
-        self.positions.clear_pending_exit(req.position_id)
+        rest = replace(req, amount=pos.amount)
+        if not await self._exit_size(rest, venue) > 0: self._write_off_dust(rest, pos)   # what is left the venue would not take: dust, now
+        else: self.positions.clear_pending_exit(req.position_id)
     else: self._record_closed(pos)
     self._exit_failures.pop(req.position_id, None)
     return parent
@@ -739,9 +741,11 @@ async def drain(self, timeout:float|None=None) -> bool:
         await self.clock.sleep(0.5) if self._tasks else await asyncio.sleep(0)
     return True
 
-async def stop_live_trading(self, grace:float=30.0):
-    "Stop: let executions in flight finish (up to `grace` seconds), cancel orders still working, cancel and await every task, flush the journal."
+async def stop_live_trading(self, grace:float=30.0, reason:str='stopped'):
+    "The normal end: positions stay (closed first only with `emergency.flatten_at_end`); executions in flight finish (up to `grace` seconds), orders still working are cancelled, every task is awaited, why it ended is journaled."
     if not self.running: return
+    if self.config.emergency.flatten_at_end and (closing := self.positions.close_all('exit_signal')):
+        log.info("flatten at end: closing %d position(s)", len(closing))
     await self.drain(grace)
     if working := [p.id for p in self.orders.active_orders]:
         log.warning("stopping with %d order(s) still working %s: cancelling them on the venues", len(working), working)
@@ -751,7 +755,8 @@ async def stop_live_trading(self, grace:float=30.0):
     await asyncio.gather(*self._loops, *self._tasks, return_exceptions=True)
     self._loops, self.running = [], False
     await self.update_pnl(); self.record_performance()
-    self._journal('engine', {'event': 'stopped', 'mode': self.mode, 'equity': self.equity(), 'counts': dict(self.counts)})
+    self._journal('engine', {'event': 'stopped', 'reason': reason, 'mode': self.mode, 'equity': self.equity(), 'counts': dict(self.counts),
+                             'open_positions': [p.id for p in self.positions.open_positions()]})
     self._flush_journal()
     log.info("engine stopped, equity %.2f, %s", self.equity(), self.counts)
 
