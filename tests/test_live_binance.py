@@ -241,3 +241,22 @@ async def test_a_normal_end_keeps_positions_unless_told_to_flatten_and_journals_
             assert (end['open_positions'] == []) is flatten and (len(eng.positions.open_positions()) == 0) is flatten
         finally:
             await ex.close()
+
+async def test_an_emergency_shutdown_waits_for_an_unresolved_order_and_leaves_nothing_open():
+    """The entry lands on the venue 2 s after it was sent, after the client's 1 s timeout and its first lookup: the emergency
+    shutdown keeps looking until the acceptance window has passed, finds it, and closes what it bought."""
+    async with BinanceSpotServer({'USDT': 10_000}) as s:
+        await s.trade('BTCUSDT', '60000.00')
+        c, eng, ex = await live_session(s, timeout_ms=1000, recv_window=4000)        # acceptance window 5 s
+        s.faults.append(Fault('POST', '/api/v3/order', 'slow_placed', delay=2.0))
+        try:
+            entry = asyncio.ensure_future(eng.execute_signal(buy(0.01)))
+            while not eng.orders.unresolved: await asyncio.sleep(0.05)
+            assert s.orders == []                                                    # not on the venue yet
+            summary = await c.emergency_shutdown('test')
+            await entry
+            assert summary['open_positions_left'] == [] and summary['working_orders_left'] == []
+            assert [o.side for o in s.orders] == ['BUY', 'SELL'] and not [o for o in s.orders if o.is_open]
+            assert held(s, 'BTC') * D('60000') < 5                                   # what is left is dust
+        finally:
+            await ex.close()

@@ -96,8 +96,10 @@ async def test_an_inline_start_that_must_wait_is_handed_to_a_task_that_cancel_or
     await clock.settle()                                   # the placement now waits for its retry on the clock
     (p,) = manager.parents.values()
     assert p.status == 'working' and list(manager._tasks) == [p.id] and p.children[0].status is OrderStatus.NEW
-    await manager.cancel_order(p.id)
+    t0 = clock.time()
+    await clock.run(manager.cancel_order(p.id))            # the child may still land: looked up until Binance's acceptance window has passed
     assert p.status == 'canceled' and manager._tasks == {} and p.children[0].is_terminal
+    assert clock.time() - t0 >= manager.clients['binance'].acceptance_window - 1.0 and p.children[0].reason == 'never reached the venue'
     assert await run is p
     await clock.advance(5.0)                               # the retry never goes out
     assert await paper.fetch_orders() == [] and p.filled == 0

@@ -775,7 +775,8 @@ async def emergency_stop(self, reason:str='emergency stop', timeout:float=60.0) 
         await self.drain(max(0.0, deadline - self.clock.time()))
         requests += len(self.positions.close_all('emergency'))
         await self.drain(max(0.0, deadline - self.clock.time()))
-        if not (self.orders.active_orders or self.positions.open_positions()) or self.clock.time() >= deadline: break
+        if not (self.orders.active_orders or self.positions.open_positions() or self._working_entries) or self.clock.time() >= deadline: break
+        if not (self.orders.active_orders or self.positions.open_positions()): await self.clock.sleep(0.1)   # an entry still booking its fills
     left = [p.id for p in self.positions.open_positions()]
     summary = {'reason': reason, 'canceled_orders': canceled, 'exit_requests': requests, 'open_positions_left': left,
                'working_orders_left': [p.id for p in self.orders.active_orders]}

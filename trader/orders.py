@@ -434,12 +434,22 @@ class ExecutionContext:
             try: await self.refresh(child)
             except (ccxt.BaseError, OrderFateUnknown) as e: self.manager.log.warning(f"{self.parent.id} sync {child.client_order_id}: {type_name(e)}: {e}")
 
+    async def _found_or_window_passed(self, child:Order) -> dict|None:
+        "The venue's report of a child without a venue id; an unresolved one is looked up each second until found or its acceptance window has passed."
+        while True:
+            report = await self.client.reconcile(child.client_order_id, child.symbol)
+            if report is not None or child.client_order_id not in self.manager.unresolved: break
+            if self.clock.ms() >= child.created_at + self.client.acceptance_window * 1000: break
+            await self.clock.sleep(1.0)
+        self.manager.unresolved.pop(child.client_order_id, None)
+        return report
+
     async def cancel(self, child:Order) -> None:
         "Cancel one child and record how it ended (it may have filled meanwhile)."
         if child.is_terminal: return
         cid = child.client_order_id
         if child.venue_order_id is None:
-            report = await self.client.reconcile(cid, child.symbol)
+            report = await self._found_or_window_passed(child)
             if report is None: child.apply(OrderCanceled(cid, self.now(), reason='never reached the venue')); return
             self.update(child, report)
             if child.is_terminal: return

@@ -234,7 +234,8 @@ class Fault:
     "A scripted answer to the next request of `method` and `path`: what Binance does when things go wrong."
     method: str
     path: str
-    kind: str          # 'unknown_placed' / 'unknown_dropped' (-1007), 'late_placed' (placed, answered after `delay`), 'lost' (not placed, answered after `delay`)
+    kind: str          # 'unknown_placed' / 'unknown_dropped' (-1007), 'late_placed' (placed at once, answered after `delay`),
+                       # 'slow_placed' (placed after `delay`, then answered), 'lost' (not placed, answered after `delay`)
     delay: float = 0.0
 
 WEIGHTS = {'/api/v3/exchangeInfo': 20, '/api/v3/account': 20, '/api/v3/allOrders': 20, '/api/v3/myTrades': 20,
@@ -419,9 +420,10 @@ async def _handler(s:BinanceSpotServer, request:web.Request) -> web.Response:
 
 async def _faulty(s:BinanceSpotServer, f:Fault, handler, p:dict) -> web.Response:
     "A scripted fault: -1007 with or without the order placed, or an answer held back past the client's timeout."
-    placed = f.kind in ('unknown_placed', 'late_placed')
+    placed = f.kind in ('unknown_placed', 'late_placed', 'slow_placed')
+    if f.kind == 'slow_placed': await asyncio.sleep(f.delay)
     body = handler(s, p) if placed else None
-    if f.delay: await asyncio.sleep(f.delay)
+    if f.delay and f.kind != 'slow_placed': await asyncio.sleep(f.delay)
     if f.kind.startswith('unknown'): body, status = {'code': -1007, 'msg': ERROR_1007}, 408
     else: status = 200 if placed else 408
     if body is None: body = {'code': -1007, 'msg': ERROR_1007}
