@@ -22,12 +22,13 @@ class Check:
     detail: str
     def __str__(self): return f"{'GO   ' if self.go else 'NO-GO'} {self.venue} {self.name}: {self.detail}"
 
-async def _keys(ex) -> Check:
-    if not ex.apiKey or not ex.secret: return Check(ex.id, 'keys', False, f"no API key or secret: set TRADER_{ex.id.upper()}_API_KEY and TRADER_{ex.id.upper()}_SECRET")
-    try: await ex.fetch_balance()
-    except ccxt.AuthenticationError as e: return Check(ex.id, 'keys', False, f"refused by the venue: {type(e).__name__}")
-    except ccxt.InvalidNonce: return Check(ex.id, 'keys', False, "signed requests refused: the clock is outside the venue's recvWindow")
-    return Check(ex.id, 'keys', True, 'present and accepted (a signed balance request)')
+async def _keys(ex) -> tuple[Check, dict|None]:
+    "The keys' check, and the balance the signed request returned (None when refused)."
+    if not ex.apiKey or not ex.secret: return Check(ex.id, 'keys', False, f"no API key or secret: set TRADER_{ex.id.upper()}_API_KEY and TRADER_{ex.id.upper()}_SECRET"), None
+    try: balance = await ex.fetch_balance()
+    except ccxt.AuthenticationError as e: return Check(ex.id, 'keys', False, f"refused by the venue: {type(e).__name__}"), None
+    except ccxt.InvalidNonce: return Check(ex.id, 'keys', False, "signed requests refused: the clock is outside the venue's recvWindow"), None
+    return Check(ex.id, 'keys', True, 'present and accepted (a signed balance request)'), balance
 
 async def _permissions(ex, allow_withdrawals:bool) -> Check:
     if ex.id != 'binance': return Check(ex.id, 'permissions', True, 'not readable through ccxt on this venue: check the key has no withdrawal right')
@@ -52,9 +53,9 @@ async def _markets(ex, symbols:list[str]) -> Check:
     p = {s: ex.markets[s]['precision'] for s in symbols}
     return Check(ex.id, 'markets', True, '; '.join(f"{s} amount step {v.get('amount')}, tick {v.get('price')}" for s, v in p.items()))
 
-async def _balances(ex, quote:str) -> tuple[Check, dict[str, float]]:
+async def _balances(ex, balance:dict, quote:str) -> tuple[Check, dict[str, float]]:
     from trader.portfolio import value_holdings, balance_totals
-    held = {c: a for c, a in balance_totals(await ex.fetch_balance()).items() if a}
+    held = {c: a for c, a in balance_totals(balance).items() if a}
     marks = {}
     for c in held:
         s = f"{c}/{quote}"
@@ -88,11 +89,11 @@ async def preflight(ex, symbols:list[str], planned:Mapping[str, float]|None=None
                     quote:str='USDT', allow_withdrawals:bool=False, stream_timeout:float=10.0) -> list[Check]:
     "Every check of one venue (a ccxt exchange with keys), in order; the first no-go on keys stops there."
     clock = await _clock(ex)   # public, and first: a clock outside recvWindow makes every signed request fail
-    keys = await _keys(ex)
+    keys, balance = await _keys(ex)
     if not keys.go: return [clock, keys]
     checks = [clock, keys, await _permissions(ex, allow_withdrawals), await _markets(ex, symbols)]
     if not checks[-1].go: return checks
-    balances, marks = await _balances(ex, quote)
+    balances, marks = await _balances(ex, balance, quote)
     rate = f"ccxt throttle {1000 / ex.rateLimit:.0f} requests/s" if getattr(ex, 'rateLimit', None) else 'no throttle'
     return checks + [balances, _sizes(ex, planned or {}, marks), Check(ex.id, 'request budget', True, f"{rate}; Retry-After honoured per key"),
                      await _streams(ex, symbols[0], stream_timeout)]
